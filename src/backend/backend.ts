@@ -1,0 +1,87 @@
+/**
+ * The compute interface the model code is written against. Two implementations: cpu (typed arrays, WASM SIMD)
+ * and webgpu (WGSL). Ops take and return opaque Tensor handles; nothing is read back to the host until
+ * `read()`, so a GPU backend can queue a whole forward pass without round trips.
+ *
+ * Conventions: activations are f32, row-major, the last dim contiguous. Weights keep their stored width
+ * (F32, F16 or BF16) and are widened inside the kernels. `N` = rows = batch * tokens.
+ */
+import type { DType, HostTensor } from '../tensor/dtype.js';
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+}
+
+export type AttentionKind = 'gravity' | 'dot';
+
+export interface AttentionParams {
+  kind: AttentionKind;
+  numHeads: number;
+  numKVHeads: number;
+  headDim: number;
+  /** gravity: per query head M_h² = softplus(mass_log[h])², length numHeads. Unused for dot. */
+  massSq: Float32Array | null;
+  /** gravity softening ε (card: 0.1). */
+  eps: number;
+  /** dot: score scale, 1/sqrt(headDim) for standard attention. */
+  scale: number;
+}
+
+/**
+ * Per-layer key/value storage for `batch` sequences of up to `maxLen` slots: k and v as
+ * [batch, numKVHeads, maxLen, headDim] plus cached squared key norms [batch, numKVHeads, maxLen] for gravity.
+ * Slot t of sequence b is a real token iff keyValid[b * maxLen + t] = 1 (0 = left padding).
+ */
+export interface KVCache {
+  readonly numLayers: number;
+  readonly batch: number;
+  readonly maxLen: number;
+  readonly numKVHeads: number;
+  readonly headDim: number;
+  /** host copy of the padding mask; the backend uploads it when it changes */
+  readonly keyValid: Uint8Array;
+  /** number of slots filled (the same for every sequence of the batch) */
+  length: number;
+}
+
+export interface Backend {
+  readonly name: 'cpu' | 'webgpu';
+
+  /** Upload a host tensor; F16/BF16 stay 16-bit (weights), other floats become F32. */
+  upload(t: HostTensor): Tensor;
+  fromF32(data: Float32Array, shape: number[]): Tensor;
+  read(t: Tensor): Promise<Float32Array>;
+  dispose(t: Tensor): void;
+
+  /** ids [N] -> [N, C]; rows of a [V, C] table. */
+  embedding(ids: Int32Array, table: Tensor): Tensor;
+  /** x [N, C], w [C] -> x / rms(x) * w */
+  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** x [N, IN], w [OUT, IN] (torch Linear layout), b [OUT] | null -> [N, OUT] */
+  linear(x: Tensor, w: Tensor, b: Tensor | null): Tensor;
+  /** a + b, same shape */
+  add(a: Tensor, b: Tensor): Tensor;
+  /** silu(gate) * up, same shape */
+  swiglu(gate: Tensor, up: Tensor): Tensor;
+  /** Rotary embedding (HF rotate_half convention) on x [N, heads * headDim]; positions [N]. Returns a new tensor. */
+  rope(x: Tensor, positions: Int32Array, heads: number, headDim: number, theta: number): Tensor;
+
+  createKVCache(numLayers: number, batch: number, maxLen: number, numKVHeads: number, headDim: number): KVCache;
+  /** Write k, v [batch * T, numKVHeads * headDim] into slots [start, start + T) of `layer`. */
+  writeKV(cache: KVCache, layer: number, k: Tensor, v: Tensor, start: number, T: number): void;
+  /**
+   * q [batch * T, numHeads * headDim] for the tokens in slots [start, start + T). Each query attends causally to
+   * the valid slots <= its own. Streams over keys with an online softmax (no [T x keys] matrix).
+   * Returns [batch * T, numHeads * headDim].
+   */
+  attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor;
+  /**
+   * Debug/research: the full probability matrix of `layer` for queries in slots [start, start+T) against
+   * slots [0, start+T): [batch, numHeads, T, start + T]. Masked entries are 0.
+   */
+  attentionProbs(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Promise<Float32Array>;
+
+  /** Wait for queued work (no-op on cpu). */
+  sync(): Promise<void>;
+}

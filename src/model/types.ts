@@ -1,0 +1,35 @@
+/** What generation, the CLI and the server see of a loaded model. Implemented by model/qwen2.ts. */
+import type { AttentionKind, Backend, KVCache } from '../backend/backend.js';
+import type { ModelConfig } from './config.js';
+
+export interface Session {
+  readonly batch: number;
+  readonly maxLen: number;
+  readonly cache: KVCache;
+  /** real (non-padding) tokens seen so far per sequence: the next token's RoPE position */
+  readonly positions: Int32Array;
+}
+
+export interface ForwardOptions {
+  /** [batch][T], 1 = real token, 0 = padding (left padding only). Default: all ones. */
+  attentionMask?: number[][];
+  /** 'last' (default): logits of the last position of each sequence, [batch, vocab]; 'all': [batch, T, vocab]. */
+  logits?: 'last' | 'all';
+  /** collect each layer's attention probabilities [batch, heads, T, start+T] (slow; research tool) */
+  attentionMaps?: Float32Array[];
+}
+
+export interface CausalLM {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  /** which score function the attention layers use; may be switched between calls */
+  attention: AttentionKind;
+  /** gravity softening length ε */
+  eps: number;
+  /** raw gravity_mass_log per layer, [numLayers][numHeads] */
+  readonly massLog: Float32Array[];
+  newSession(batch: number, maxLen: number): Session;
+  /** Runs ids [batch][T] after what the session already holds; returns logits as chosen by opts.logits. */
+  forward(session: Session, ids: number[][], opts?: ForwardOptions): Promise<Float32Array>;
+  dispose(): void;
+}
