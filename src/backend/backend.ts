@@ -48,8 +48,11 @@ export interface KVCache {
 export interface Backend {
   readonly name: 'cpu' | 'webgpu';
 
-  /** Upload a host tensor; F16/BF16 stay 16-bit (weights), other floats become F32. */
-  upload(t: HostTensor): Tensor;
+  /**
+   * Upload a host tensor; F16/BF16 stay 16-bit (weights), other floats become F32. `hint` 'linear' says the
+   * tensor is only ever a `linear` weight, so a backend may move it into kernel memory and drop the host copy.
+   */
+  upload(t: HostTensor, hint?: 'linear' | 'other'): Tensor;
   fromF32(data: Float32Array, shape: number[]): Tensor;
   read(t: Tensor): Promise<Float32Array>;
   dispose(t: Tensor): void;
@@ -60,6 +63,8 @@ export interface Backend {
   rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
   /** x [N, IN], w [OUT, IN] (torch Linear layout), b [OUT] | null -> [N, OUT] */
   linear(x: Tensor, w: Tensor, b: Tensor | null): Tensor;
+  /** rows of x [N, C] -> [rows.length, C] (e.g. the last position of each sequence before lm_head) */
+  gatherRows(x: Tensor, rows: Int32Array): Tensor;
   /** a + b, same shape */
   add(a: Tensor, b: Tensor): Tensor;
   /** silu(gate) * up, same shape */
