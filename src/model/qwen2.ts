@@ -1,0 +1,181 @@
+/**
+ * Qwen2 / Llama decoder (one file per architecture family; Llama is Qwen2 without q/k/v bias, so it lives here
+ * with the bias flags of ModelConfig). Embedding -> N x [RMSNorm, attention, residual, RMSNorm, SwiGLU MLP,
+ * residual] -> RMSNorm -> lm_head. The attention score function comes from the registry in attention/.
+ */
+import type { Backend, Tensor } from '../backend/backend.js';
+import type { AttentionKind } from '../backend/backend.js';
+import { fail } from '../errors.js';
+import type { HostTensor } from '../tensor/dtype.js';
+import { attentionParams } from '../attention/registry.js';
+import type { ModelConfig } from './config.js';
+import type { CausalLM, ForwardOptions, Session } from './types.js';
+
+export interface LayerWeights {
+  inputNorm: Tensor; // [C]
+  q: Tensor; k: Tensor; v: Tensor; o: Tensor; // [Hq*D, C], [Hkv*D, C], [Hkv*D, C], [C, Hq*D]
+  qb: Tensor | null; kb: Tensor | null; vb: Tensor | null; ob: Tensor | null;
+  postNorm: Tensor; // [C]
+  gate: Tensor; up: Tensor; down: Tensor; // [I, C], [I, C], [C, I]
+  gateb: Tensor | null; upb: Tensor | null; downb: Tensor | null;
+}
+
+export interface ModelWeights {
+  embed: Tensor; // [V, C]
+  layers: LayerWeights[];
+  norm: Tensor; // [C]
+  lmHead: Tensor; // [V, C] (the embedding itself when tied)
+}
+
+/** Reads tensors by HF name and uploads them; `get` is called once per name. */
+export function uploadWeights(be: Backend, cfg: ModelConfig, get: (name: string) => HostTensor, onTensor?: (name: string) => void): ModelWeights {
+  const up = (name: string, hint: 'linear' | 'other') => {
+    const t = be.upload(get(name), hint);
+    onTensor?.(name);
+    return t;
+  };
+  const opt = (has: boolean, name: string) => (has ? up(name, 'other') : null);
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}.`;
+    layers.push({
+      inputNorm: up(p + 'input_layernorm.weight', 'other'),
+      q: up(p + 'self_attn.q_proj.weight', 'linear'),
+      k: up(p + 'self_attn.k_proj.weight', 'linear'),
+      v: up(p + 'self_attn.v_proj.weight', 'linear'),
+      o: up(p + 'self_attn.o_proj.weight', 'linear'),
+      qb: opt(cfg.qkvBias, p + 'self_attn.q_proj.bias'),
+      kb: opt(cfg.qkvBias, p + 'self_attn.k_proj.bias'),
+      vb: opt(cfg.qkvBias, p + 'self_attn.v_proj.bias'),
+      ob: opt(cfg.oBias, p + 'self_attn.o_proj.bias'),
+      postNorm: up(p + 'post_attention_layernorm.weight', 'other'),
+      gate: up(p + 'mlp.gate_proj.weight', 'linear'),
+      up: up(p + 'mlp.up_proj.weight', 'linear'),
+      down: up(p + 'mlp.down_proj.weight', 'linear'),
+      gateb: opt(cfg.mlpBias, p + 'mlp.gate_proj.bias'),
+      upb: opt(cfg.mlpBias, p + 'mlp.up_proj.bias'),
+      downb: opt(cfg.mlpBias, p + 'mlp.down_proj.bias'),
+    });
+  }
+  const embed = up('model.embed_tokens.weight', 'other');
+  const norm = up('model.norm.weight', 'other');
+  const lmHead = cfg.tieWordEmbeddings ? embed : up('lm_head.weight', 'linear');
+  return { embed, layers, norm, lmHead };
+}
+
+class Qwen2Session implements Session {
+  readonly positions: Int32Array;
+  constructor(readonly batch: number, readonly maxLen: number, readonly cache: ReturnType<Backend['createKVCache']>) {
+    this.positions = new Int32Array(batch);
+  }
+}
+
+export class Qwen2Model implements CausalLM {
+  attention: AttentionKind = 'gravity';
+  eps = 0.1;
+  constructor(
+    readonly config: ModelConfig,
+    readonly backend: Backend,
+    readonly weights: ModelWeights,
+    readonly massLog: Float32Array[],
+  ) {}
+
+  newSession(batch: number, maxLen: number): Session {
+    const c = this.config;
+    return new Qwen2Session(batch, maxLen, this.backend.createKVCache(c.numLayers, batch, maxLen, c.numKVHeads, c.headDim));
+  }
+
+  async forward(session: Session, ids: number[][], opts: ForwardOptions = {}): Promise<Float32Array> {
+    const be = this.backend;
+    const c = this.config;
+    const B = session.batch;
+    if (ids.length !== B) fail(`forward: ${ids.length} sequences given to a session of batch ${B}`);
+    const T = ids[0]?.length ?? 0;
+    if (T === 0) fail('forward: no tokens given');
+    const cache = session.cache;
+    const start = cache.length;
+    if (start + T > session.maxLen) fail(`context full: ${start + T} tokens > ${session.maxLen} (the session's limit)`);
+    const flat = new Int32Array(B * T); // [B*T]
+    const pos = new Int32Array(B * T); // [B*T]
+    for (let b = 0; b < B; b++) {
+      if (ids[b].length !== T) fail(`forward: sequence ${b} has ${ids[b].length} tokens, expected ${T} (pad to a rectangle)`);
+      const mask = opts.attentionMask?.[b];
+      for (let t = 0; t < T; t++) {
+        const id = ids[b][t];
+        if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) fail(`token id ${id} at position ${t} is out of the vocabulary (${c.vocabSize})`);
+        flat[b * T + t] = id;
+        const real = mask ? mask[t] !== 0 : true;
+        cache.keyValid[b * session.maxLen + start + t] = real ? 1 : 0;
+        // RoPE positions count real tokens only (as generate() does): padded rows then equal unpadded ones exactly
+        pos[b * T + t] = real ? session.positions[b]++ : 0;
+      }
+    }
+
+    let x = be.embedding(flat, this.weights.embed); // [B*T, C]
+    for (let l = 0; l < c.numLayers; l++) {
+      const w = this.weights.layers[l];
+      const h = be.rmsnorm(x, w.inputNorm, c.rmsNormEps); // [B*T, C]
+      const q0 = be.linear(h, w.q, w.qb); // [B*T, Hq*D]
+      const k0 = be.linear(h, w.k, w.kb); // [B*T, Hkv*D]
+      const v = be.linear(h, w.v, w.vb); // [B*T, Hkv*D]
+      be.dispose(h);
+      const q = be.rope(q0, pos, c.numHeads, c.headDim, c.ropeTheta);
+      const k = be.rope(k0, pos, c.numKVHeads, c.headDim, c.ropeTheta);
+      be.dispose(q0);
+      be.dispose(k0);
+      be.writeKV(cache, l, k, v, start, T);
+      be.dispose(k);
+      be.dispose(v);
+      const p = attentionParams(this.attention, c, this.massLog[l], this.eps);
+      if (opts.attentionMaps) opts.attentionMaps.push(await be.attentionProbs(q, cache, l, start, T, p));
+      const a = be.attention(q, cache, l, start, T, p); // [B*T, Hq*D]
+      be.dispose(q);
+      const o = be.linear(a, w.o, w.ob); // [B*T, C]
+      be.dispose(a);
+      const x1 = be.add(x, o);
+      be.dispose(x);
+      be.dispose(o);
+      const h2 = be.rmsnorm(x1, w.postNorm, c.rmsNormEps);
+      const g = be.linear(h2, w.gate, w.gateb); // [B*T, I]
+      const u = be.linear(h2, w.up, w.upb); // [B*T, I]
+      be.dispose(h2);
+      const m = be.swiglu(g, u);
+      be.dispose(g);
+      be.dispose(u);
+      const d = be.linear(m, w.down, w.downb); // [B*T, C]
+      be.dispose(m);
+      x = be.add(x1, d);
+      be.dispose(x1);
+      be.dispose(d);
+    }
+    cache.length = start + T;
+    let last = x;
+    if ((opts.logits ?? 'last') === 'last') {
+      const rows = new Int32Array(B);
+      for (let b = 0; b < B; b++) rows[b] = b * T + T - 1;
+      last = be.gatherRows(x, rows); // [B, C]
+      be.dispose(x);
+    }
+    const hn = be.rmsnorm(last, this.weights.norm, c.rmsNormEps);
+    be.dispose(last);
+    const logits = be.linear(hn, this.weights.lmHead, null); // [B or B*T, V]
+    be.dispose(hn);
+    const out = await be.read(logits);
+    be.dispose(logits);
+    return out;
+  }
+
+  dispose(): void {
+    const seen = new Set<Tensor>();
+    const drop = (t: Tensor | null) => {
+      if (t && !seen.has(t)) {
+        seen.add(t);
+        this.backend.dispose(t);
+      }
+    };
+    for (const l of this.weights.layers) for (const t of Object.values(l)) drop(t as Tensor | null);
+    drop(this.weights.embed);
+    drop(this.weights.norm);
+    drop(this.weights.lmHead);
+  }
+}
