@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -16,8 +16,15 @@ const FIX = path.join(import.meta.dirname, 'fixtures');
 const FIXTURES = ['qwen2-gqa-f32', 'qwen2-mha-tied-bf16', 'llama-gqa-f16', 'train-qwen2-qkvo', 'train-llama-all'];
 const STORE_DTYPE: Record<string, DType> = { float32: 'F32', bfloat16: 'BF16', float16: 'F16' };
 
+const made: string[] = [];
+after(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
+
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-io-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-io-'));
+  made.push(d);
+  return d;
 }
 
 /** Asserts fn throws a GravityError whose one-line message contains every fragment. */

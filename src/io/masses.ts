@@ -49,7 +49,7 @@ function fromNamed(
   const out: Float32Array[] = [];
   for (let i = 0; i < numLayers; i++) {
     const k = byLayer.get(i);
-    if (!k) fail(`${label}: layer ${i} has no mass entry ("${massName(i)}"); the model has ${numLayers} layers`);
+    if (!k) fail(`${label}: layer ${i} has no mass entry ("${massName(i)}"); found ${byLayer.size} layers, the model has ${numLayers}`);
     out.push(layerValues(label, i, get(k), numHeads));
   }
   return out;
