@@ -358,3 +358,27 @@ test('atomic writes: a failing write leaves the existing file intact and no temp
   assert.ok(fs.readFileSync(pt).equals(ptBefore));
   assert.deepEqual(fs.readdirSync(d).sort(), ['m.pt', 'model.safetensors']);
 });
+
+test('masses found among the weights when no masses file exists; --masses override', () => {
+  const d = copyFixture('qwen2-gqa-f32');
+  const masses = loadMasses(path.join(d, 'gravity_mass_log.pt'), 2, 4);
+  fs.rmSync(path.join(d, 'gravity_mass_log.pt'));
+  const src = openWeights(d);
+  const all = new Map<string, HostTensor>();
+  for (const n of src.names()) all.set(n, src.read(n));
+  src.close();
+  let ck = loadCheckpointFiles(d);
+  assert.equal(ck.massesPath, null);
+  ck.weights.close();
+  masses.forEach((v, i) => all.set(massName(i), { dtype: 'F32', shape: [4], data: v }));
+  writeSafetensors(path.join(d, 'model.safetensors'), all);
+  ck = loadCheckpointFiles(d);
+  assert.equal(ck.massesPath, path.join(d, 'model.safetensors'));
+  assert.deepEqual(loadMasses(ck.massesPath!, 2, 4), masses);
+  ck.weights.close();
+  const other = path.join(FIX, 'train-qwen2-qkvo', 'gravity_mass_log.pt');
+  ck = loadCheckpointFiles(d, { masses: other });
+  assert.equal(ck.massesPath, other);
+  ck.weights.close();
+  throwsWith(() => loadCheckpointFiles(d, { masses: path.join(d, 'none.pt') }), 'none.pt', 'does not exist');
+});
