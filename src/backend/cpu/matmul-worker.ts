@@ -1,0 +1,129 @@
+/** Worker threads for the WASM matmul kernels. The API above is synchronous, so the main thread does not
+ * post messages per call: it writes the job into a shared control block, wakes the workers with
+ * Atomics.notify, runs its own share, and sleeps in Atomics.wait until every worker has reported. */
+import type { Worker as NodeWorker, MessagePort as NodeMessagePort } from 'node:worker_threads';
+
+type WorkerThreads = typeof import('node:worker_threads');
+
+/** Control block (Int32 slots). Pointers above 2 GiB wrap negative here; the kernels read them as u32. */
+export const CTL = {
+  GEN: 0, // bumped by the main thread for each job
+  DONE: 1, // workers that finished the current job
+  OP: 2, // 0 forward, 1 backward, -1 exit
+  ARENA: 3,
+  DT: 4,
+  A: 5, // x (forward) or dy (backward)
+  N: 6,
+  W: 7,
+  IN: 8,
+  OUT: 9,
+  BIAS: 10,
+  Y: 11, // y (forward) or dx (backward)
+  ERR: 12, // set to 1 by a worker whose kernel threw
+  RANGES: 16, // [r0, r1] per thread, thread 0 = main
+} as const;
+
+/** Busy-poll this many times before sleeping: a decode step issues ~170 matmuls back to back and the
+ * futex wake-up alone costs tens of microseconds. */
+const SPIN = 20000;
+
+// Plain JS (no TS): runs through `new Worker(src, { eval: true })`, so it works the same from src/ under tsx
+// and from dist/ without resolving a file path.
+const WORKER_SOURCE = `
+const { workerData, receiveMessageOnPort } = require('node:worker_threads');
+const { module, ctlBuf, port, index } = workerData;
+const ctl = new Int32Array(ctlBuf);
+const kernels = [];
+let seen = 0;
+for (;;) {
+  let g = Atomics.load(ctl, ${CTL.GEN});
+  for (let s = 0; g === seen && s < ${SPIN}; s++) g = Atomics.load(ctl, ${CTL.GEN});
+  while (g === seen) { Atomics.wait(ctl, ${CTL.GEN}, seen); g = Atomics.load(ctl, ${CTL.GEN}); }
+  seen = g;
+  const op = ctl[${CTL.OP}];
+  if (op < 0) break;
+  try {
+    const a = ctl[${CTL.ARENA}];
+    // arenas are announced on the port before the first job that uses them
+    for (let tries = 0; kernels[a] === undefined; tries++) {
+      const m = receiveMessageOnPort(port);
+      if (m) kernels[m.message.id] = new WebAssembly.Instance(module, { env: { memory: m.message.memory } }).exports;
+      else if (tries > 1e7) throw new Error('matmul worker: arena ' + a + ' never arrived');
+    }
+    const k = kernels[a];
+    const r0 = ctl[${CTL.RANGES} + 2 * index], r1 = ctl[${CTL.RANGES} + 2 * index + 1];
+    if (r1 > r0) {
+      if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1);
+      else k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
+    }
+  } catch (e) {
+    Atomics.store(ctl, ${CTL.ERR}, 1);
+  }
+  Atomics.add(ctl, ${CTL.DONE}, 1);
+  Atomics.notify(ctl, ${CTL.DONE});
+}
+`;
+
+export class ThreadPool {
+  readonly ctl: Int32Array;
+  private readonly workers: NodeWorker[] = [];
+  private readonly ports: NodeMessagePort[] = [];
+  private closed = false;
+
+  /** nWorkers helpers besides the main thread; thread index t in [1, nWorkers]. */
+  constructor(wt: WorkerThreads, module: WebAssembly.Module, readonly nWorkers: number) {
+    this.ctl = new Int32Array(new SharedArrayBuffer((CTL.RANGES + 2 * (nWorkers + 1)) * 4));
+    for (let t = 1; t <= nWorkers; t++) {
+      const { port1, port2 } = new wt.MessageChannel();
+      const w = new wt.Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: { module, ctlBuf: this.ctl.buffer, port: port2, index: t },
+        transferList: [port2],
+      });
+      // helpers sleep in Atomics.wait between jobs: they must not keep the process alive
+      w.unref();
+      port1.unref();
+      this.workers.push(w);
+      this.ports.push(port1);
+    }
+  }
+
+  /** Hands a new kernel memory to every worker; they instantiate the module on it when first used. */
+  addArena(id: number, memory: WebAssembly.Memory): void {
+    for (const p of this.ports) p.postMessage({ id, memory });
+  }
+
+  /** Runs the job already written into ctl (fields and ranges) on the workers while `own` runs here. */
+  run(own: () => void): void {
+    const ctl = this.ctl;
+    Atomics.store(ctl, CTL.DONE, 0);
+    Atomics.store(ctl, CTL.ERR, 0);
+    Atomics.add(ctl, CTL.GEN, 1);
+    Atomics.notify(ctl, CTL.GEN);
+    let error: unknown = null;
+    try {
+      own();
+    } catch (e) {
+      error = e;
+    }
+    // the workers write into the same scratch memory: wait for them even if our share failed
+    let spins = 0;
+    for (;;) {
+      const d = Atomics.load(ctl, CTL.DONE);
+      if (d >= this.nWorkers) break;
+      if (spins++ < SPIN) continue;
+      Atomics.wait(ctl, CTL.DONE, d, 50);
+    }
+    if (error) throw error;
+    if (Atomics.load(ctl, CTL.ERR)) throw new Error('matmul: a worker thread failed inside the wasm kernel');
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    Atomics.store(this.ctl, CTL.OP, -1);
+    Atomics.add(this.ctl, CTL.GEN, 1);
+    Atomics.notify(this.ctl, CTL.GEN);
+    for (const p of this.ports) p.close();
+  }
+}

@@ -1,0 +1,183 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createMatmulEngine, type MatmulEngine } from '../src/backend/cpu/matmul.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, type HostTensor } from '../src/tensor/dtype.js';
+import { GravityError } from '../src/errors.js';
+
+// deterministic PRNG so a failure reproduces
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
+  };
+}
+
+type WDtype = 'F32' | 'BF16' | 'F16' | 'F64';
+
+/** A weight tensor and the exact values the kernel must see (decoded from its stored bits), as f64. */
+function makeWeight(dtype: WDtype, rows: number, cols: number, seed: number): { t: HostTensor; ref: Float64Array } {
+  const r = rng(seed);
+  const n = rows * cols;
+  const ref = new Float64Array(n);
+  if (dtype === 'F32' || dtype === 'F64') {
+    const d = dtype === 'F32' ? new Float32Array(n) : new Float64Array(n);
+    for (let i = 0; i < n; i++) d[i] = r() * 2;
+    for (let i = 0; i < n; i++) ref[i] = dtype === 'F64' ? Math.fround(d[i]) : d[i];
+    return { t: { dtype, shape: [rows, cols], data: d }, ref };
+  }
+  const d = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    // every 7th f16 value is tiny so the subnormal path of the SIMD conversion is exercised
+    const v = dtype === 'F16' && i % 7 === 3 ? r() * 1e-5 : r() * 2;
+    d[i] = dtype === 'BF16' ? f32ToBf16(v) : f32ToF16(v);
+    ref[i] = dtype === 'BF16' ? bf16ToF32(d[i]) : f16ToF32(d[i]);
+  }
+  return { t: { dtype, shape: [rows, cols], data: d }, ref };
+}
+
+function randF32(n: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = r() * 2;
+  return a;
+}
+
+/** Asserts |got - want| <= tol * scale per element, where scale = sum |terms| (the f32 accumulation bound). */
+function close(got: Float32Array, want: Float64Array, scale: Float64Array, what: string, tol = 1e-5): void {
+  assert.ok(got.length >= want.length, `${what}: length ${got.length} < ${want.length}`);
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i] - want[i]) / Math.max(scale[i], 1e-30);
+    if (!(e <= worst)) worst = Number.isNaN(e) ? Infinity : e;
+  }
+  assert.ok(worst <= tol, `${what}: relative error ${worst.toExponential(2)} > ${tol}`);
+}
+
+function refLinear(x: Float32Array, N: number, w: Float64Array, OUT: number, IN: number, bias: Float32Array | null) {
+  const y = new Float64Array(N * OUT);
+  const s = new Float64Array(N * OUT);
+  for (let n = 0; n < N; n++)
+    for (let o = 0; o < OUT; o++) {
+      let acc = bias ? bias[o] : 0;
+      let mag = bias ? Math.abs(bias[o]) : 0;
+      for (let i = 0; i < IN; i++) {
+        const p = x[n * IN + i] * w[o * IN + i];
+        acc += p;
+        mag += Math.abs(p);
+      }
+      y[n * OUT + o] = acc;
+      s[n * OUT + o] = mag;
+    }
+  return { y, s };
+}
+
+function refBackward(dy: Float32Array, N: number, w: Float64Array, OUT: number, IN: number) {
+  const dx = new Float64Array(N * IN);
+  const s = new Float64Array(N * IN);
+  for (let n = 0; n < N; n++)
+    for (let o = 0; o < OUT; o++) {
+      const g = dy[n * OUT + o];
+      for (let i = 0; i < IN; i++) {
+        const p = g * w[o * IN + i];
+        dx[n * IN + i] += p;
+        s[n * IN + i] += Math.abs(p);
+      }
+    }
+  return { dx, s };
+}
+
+const engines: [string, () => MatmulEngine][] = [
+  ['js', () => createMatmulEngine({ prefer: 'js' })],
+  ['wasm t1', () => createMatmulEngine({ threads: 1 })],
+  // threshold 0: even the tiny shapes are split between the two threads
+  ['wasm t2', () => createMatmulEngine({ threads: 2, parallelThreshold: 0 })],
+];
+
+// odd shapes: tails of the 4-row, 8-column and 4-wide vector tiles; 600x300 crosses the 512 k-block and the
+// 256-row block of the backward pass
+const SHAPES: [number, number][] = [[37, 53], [53, 37], [5, 3], [600, 300]];
+const NS = [1, 3, 17, 64];
+const DTYPES: WDtype[] = ['F32', 'BF16', 'F16', 'F64'];
+
+for (const [name, make] of engines) {
+  test(`matmul ${name}: linear and linearBackwardInput match a float64 reference`, () => {
+    const e = make();
+    if (name !== 'js') assert.equal(e.kind, 'wasm-simd');
+    assert.equal(e.threads, name === 'wasm t2' ? 2 : 1);
+    let seed = 1;
+    for (const dtype of DTYPES)
+      for (const [IN, OUT] of SHAPES) {
+        const { t, ref } = makeWeight(dtype, OUT, IN, seed++);
+        const pw = e.prepare(t);
+        assert.deepEqual([pw.dtype, pw.rows, pw.cols], [dtype === 'F64' ? 'F32' : dtype, OUT, IN]);
+        for (const N of NS) {
+          if (IN * OUT > 10000 && N > 17 && dtype !== 'BF16') continue; // keep the f64 reference fast
+          const x = randF32(N * IN, seed++);
+          const bias = randF32(OUT, seed++);
+          for (const b of [null, bias]) {
+            const want = refLinear(x, N, ref, OUT, IN, b);
+            close(e.linear(x, N, pw, b), want.y, want.s, `${name} linear ${dtype} N=${N} ${IN}->${OUT} bias=${!!b}`);
+          }
+          const dy = randF32(N * OUT, seed++);
+          const want = refBackward(dy, N, ref, OUT, IN);
+          close(e.linearBackwardInput(dy, N, pw), want.dx, want.s, `${name} backward ${dtype} N=${N} ${IN}->${OUT}`);
+          // out= is overwritten, not accumulated into
+          const out = new Float32Array(N * IN + 5).fill(123);
+          e.linearBackwardInput(dy, N, pw, out);
+          close(out, want.dx, want.s, `${name} backward out= ${dtype} N=${N}`);
+          assert.equal(out[N * IN], 123, 'backward wrote past N*IN');
+        }
+        e.release(pw);
+      }
+    e.close();
+  });
+}
+
+test('matmul wasm: activations wider than the scratch are chunked over N; weights share and reuse arena space', () => {
+  const e = createMatmulEngine({ threads: 2, parallelThreshold: 0 });
+  const IN = 3, OUT = 300_001, N = 64; // 64 rows x 1.2 MB per row > 32 MB scratch
+  const { t, ref } = makeWeight('BF16', OUT, IN, 77);
+  const small = makeWeight('F32', 9, 5, 78);
+  const ps = e.prepare(small.t);
+  const pw = e.prepare(t);
+  const x = randF32(N * IN, 79);
+  const bias = randF32(OUT, 80);
+  const want = refLinear(x, N, ref, OUT, IN, bias);
+  const out = new Float32Array(N * OUT).fill(NaN);
+  close(e.linear(x, N, pw, bias, out), want.y, want.s, 'chunked linear');
+  const dy = randF32(N * OUT, 81);
+  const wb = refBackward(dy, N, ref, OUT, IN);
+  close(e.linearBackwardInput(dy, N, pw), wb.dx, wb.s, 'chunked backward');
+  // released space is reused and the other weight is untouched
+  e.release(pw);
+  const again = makeWeight('F16', 40, 41, 82);
+  const pa = e.prepare(again.t);
+  const xa = randF32(2 * 41, 83);
+  const wa = refLinear(xa, 2, again.ref, 40, 41, null);
+  close(e.linear(xa, 2, pa, null), wa.y, wa.s, 'reused space');
+  const xs = randF32(5, 84);
+  const wsm = refLinear(xs, 1, small.ref, 9, 5, null);
+  close(e.linear(xs, 1, ps, null), wsm.y, wsm.s, 'first weight intact');
+  e.close();
+});
+
+test('matmul: bad input gives one-line GravityErrors', () => {
+  for (const e of [createMatmulEngine({ threads: 1 }), createMatmulEngine({ prefer: 'js' })]) {
+    const other = createMatmulEngine({ prefer: 'js' });
+    assert.throws(() => e.prepare({ dtype: 'I32', shape: [2, 2], data: new Int32Array(4) }), GravityError);
+    assert.throws(() => e.prepare({ dtype: 'F32', shape: [4], data: new Float32Array(4) }), GravityError);
+    assert.throws(() => e.prepare({ dtype: 'F32', shape: [2, 3], data: new Float32Array(5) }), GravityError);
+    const pw = e.prepare({ dtype: 'F32', shape: [2, 3], data: new Float32Array(6) });
+    assert.throws(() => e.linear(new Float32Array(5), 2, pw, null), /needs N\*3 = 6/);
+    assert.throws(() => e.linear(new Float32Array(6), 2, pw, new Float32Array(3)), /bias has 3 values/);
+    assert.throws(() => e.linear(new Float32Array(6), 2, pw, null, new Float32Array(3)), /out has 3/);
+    assert.throws(() => other.linear(new Float32Array(6), 2, pw, null), /not prepared by this engine/);
+    e.release(pw);
+    assert.throws(() => e.linear(new Float32Array(6), 2, pw, null), /released/);
+    e.close();
+  }
+});

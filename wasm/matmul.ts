@@ -1,0 +1,248 @@
+// AssemblyScript source of the CPU matmul kernels (compiled by scripts/build-wasm.mjs into
+// src/backend/cpu/wasm-binary.ts). All pointers are byte offsets into the imported shared memory; the
+// caller splits the work between threads by output rows (forward) or input columns (backward).
+// Weight dtype codes: 0 = f32, 1 = bf16, 2 = f16 (16-bit weights are widened in registers, never in memory).
+// The kernels are generic over a marker type W (f32 = f32, u16 = bf16, i16 = f16) so every dtype gets its own
+// compiled loop: a runtime dtype test inside the inner loop is what binaryen left when they were merged.
+
+// K-block of the forward pass: 512 f32 per x row keeps a 128-row activation tile in L2 while the 4 weight
+// rows of a tile (4 x 512 x 2 bytes) sit in L1.
+const KB: usize = 512;
+// O-block of the backward pass: 256 weight rows x 64-byte lines = 16 KB of lines stay in L1 while the
+// column chunks of 8 walk across them.
+const OB: usize = 256;
+
+// f16 bits (zero-extended in i32 lanes) -> f32, branch-free (F. Giesen's half_to_float_fast): subnormals are
+// renormalised by a float subtraction so no denormal arithmetic happens; inf/nan keep their payload.
+@inline function f16x4(h: v128): v128 {
+  let u = i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13);
+  const e = v128.and(u, i32x4.splat(0x0f800000));
+  u = i32x4.add(u, i32x4.splat(0x38000000));
+  u = i32x4.add(u, v128.and(i32x4.eq(e, i32x4.splat(0x0f800000)), i32x4.splat(0x38000000)));
+  const sub = f32x4.sub(i32x4.add(u, i32x4.splat(0x00800000)), i32x4.splat(0x38800000));
+  u = v128.bitselect(sub, u, i32x4.eq(e, i32x4.splat(0)));
+  return v128.or(u, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+@inline function f16s(h: u32): f32 {
+  let u: u32 = (h & 0x7fff) << 13;
+  const e = u & 0x0f800000;
+  u += 0x38000000;
+  if (e == 0x0f800000) u += 0x38000000;
+  else if (e == 0) u = reinterpret<u32>(reinterpret<f32>(u + 0x00800000) - reinterpret<f32>(<u32>0x38800000));
+  return reinterpret<f32>(u | ((h & 0x8000) << 16));
+}
+
+/** 4 consecutive weights at byte address p, as f32x4. */
+@inline function ldw<W>(p: usize): v128 {
+  if (isFloat<W>()) return v128.load(p);
+  const h = v128.load_ext<u16>(p);
+  if (isSigned<W>()) return f16x4(h);
+  return i32x4.shl(h, 16);
+}
+
+@inline function ldw1<W>(p: usize): f32 {
+  if (isFloat<W>()) return load<f32>(p);
+  const h = <u32>load<u16>(p);
+  if (isSigned<W>()) return f16s(h);
+  return reinterpret<f32>(h << 16);
+}
+
+/** [sum(a0), sum(a1), sum(a2), sum(a3)] */
+@inline function hsum4(a0: v128, a1: v128, a2: v128, a3: v128): v128 {
+  const t0 = f32x4.add(v128.shuffle<f32>(a0, a1, 0, 4, 2, 6), v128.shuffle<f32>(a0, a1, 1, 5, 3, 7));
+  const t1 = f32x4.add(v128.shuffle<f32>(a2, a3, 0, 4, 2, 6), v128.shuffle<f32>(a2, a3, 1, 5, 3, 7));
+  return f32x4.add(v128.shuffle<f32>(t0, t1, 0, 1, 4, 5), v128.shuffle<f32>(t0, t1, 2, 3, 6, 7));
+}
+
+@inline function hsum(a: v128): f32 {
+  return f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 1) + f32x4.extract_lane(a, 2) + f32x4.extract_lane(a, 3);
+}
+
+/** y[n, o] = bias[o] + sum_k x[n, k] w[o, k] for o in [o0, o1); x [N, IN] f32, w [OUT, IN], y [N, OUT] f32. */
+function fwdT<W>(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize): void {
+  const esz: usize = sizeof<W>();
+  const wrow = IN * esz;
+  const xrow = IN << 2;
+  const yrow = OUT << 2;
+  for (let n: usize = 0; n < N; n++) {
+    const yp = y + n * yrow;
+    for (let o = o0; o < o1; o++) store<f32>(yp + (o << 2), bias != 0 ? load<f32>(bias + (o << 2)) : 0);
+  }
+  for (let k0: usize = 0; k0 < IN; k0 += KB) {
+    const k1 = min<usize>(k0 + KB, IN);
+    const kv = k0 + ((k1 - k0) & ~(<usize>3));
+    let o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const w0 = w + o * wrow;
+      const w1 = w0 + wrow;
+      const w2 = w1 + wrow;
+      const w3 = w2 + wrow;
+      let n: usize = 0;
+      // 4 weight rows x 2 activation rows: 8 accumulators + 2 x + 1 w fit the 16 xmm registers
+      for (; n + 2 <= N; n += 2) {
+        const xa = x + n * xrow;
+        const xb = xa + xrow;
+        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+        let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+        for (let k = k0; k < kv; k += 4) {
+          const va = v128.load(xa + (k << 2));
+          const vb = v128.load(xb + (k << 2));
+          const ke = k * esz;
+          let wv = ldw<W>(w0 + ke);
+          a0 = f32x4.add(a0, f32x4.mul(wv, va));
+          b0 = f32x4.add(b0, f32x4.mul(wv, vb));
+          wv = ldw<W>(w1 + ke);
+          a1 = f32x4.add(a1, f32x4.mul(wv, va));
+          b1 = f32x4.add(b1, f32x4.mul(wv, vb));
+          wv = ldw<W>(w2 + ke);
+          a2 = f32x4.add(a2, f32x4.mul(wv, va));
+          b2 = f32x4.add(b2, f32x4.mul(wv, vb));
+          wv = ldw<W>(w3 + ke);
+          a3 = f32x4.add(a3, f32x4.mul(wv, va));
+          b3 = f32x4.add(b3, f32x4.mul(wv, vb));
+        }
+        const ya = y + n * yrow + (o << 2);
+        const yb = ya + yrow;
+        v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
+        v128.store(yb, f32x4.add(v128.load(yb), hsum4(b0, b1, b2, b3)));
+        for (let k = kv; k < k1; k++) {
+          const sa = load<f32>(xa + (k << 2));
+          const sb = load<f32>(xb + (k << 2));
+          const ke = k * esz;
+          const s0 = ldw1<W>(w0 + ke), s1 = ldw1<W>(w1 + ke), s2 = ldw1<W>(w2 + ke), s3 = ldw1<W>(w3 + ke);
+          store<f32>(ya, load<f32>(ya) + s0 * sa);
+          store<f32>(ya + 4, load<f32>(ya + 4) + s1 * sa);
+          store<f32>(ya + 8, load<f32>(ya + 8) + s2 * sa);
+          store<f32>(ya + 12, load<f32>(ya + 12) + s3 * sa);
+          store<f32>(yb, load<f32>(yb) + s0 * sb);
+          store<f32>(yb + 4, load<f32>(yb + 4) + s1 * sb);
+          store<f32>(yb + 8, load<f32>(yb + 8) + s2 * sb);
+          store<f32>(yb + 12, load<f32>(yb + 12) + s3 * sb);
+        }
+      }
+      for (; n < N; n++) {
+        const xa = x + n * xrow;
+        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+        for (let k = k0; k < kv; k += 4) {
+          const va = v128.load(xa + (k << 2));
+          const ke = k * esz;
+          a0 = f32x4.add(a0, f32x4.mul(ldw<W>(w0 + ke), va));
+          a1 = f32x4.add(a1, f32x4.mul(ldw<W>(w1 + ke), va));
+          a2 = f32x4.add(a2, f32x4.mul(ldw<W>(w2 + ke), va));
+          a3 = f32x4.add(a3, f32x4.mul(ldw<W>(w3 + ke), va));
+        }
+        const ya = y + n * yrow + (o << 2);
+        v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
+        for (let k = kv; k < k1; k++) {
+          const sa = load<f32>(xa + (k << 2));
+          const ke = k * esz;
+          store<f32>(ya, load<f32>(ya) + ldw1<W>(w0 + ke) * sa);
+          store<f32>(ya + 4, load<f32>(ya + 4) + ldw1<W>(w1 + ke) * sa);
+          store<f32>(ya + 8, load<f32>(ya + 8) + ldw1<W>(w2 + ke) * sa);
+          store<f32>(ya + 12, load<f32>(ya + 12) + ldw1<W>(w3 + ke) * sa);
+        }
+      }
+    }
+    for (; o < o1; o++) {
+      const w0 = w + o * wrow;
+      for (let n: usize = 0; n < N; n++) {
+        const xa = x + n * xrow;
+        let a0 = f32x4.splat(0);
+        for (let k = k0; k < kv; k += 4) a0 = f32x4.add(a0, f32x4.mul(ldw<W>(w0 + k * esz), v128.load(xa + (k << 2))));
+        let s = hsum(a0);
+        for (let k = kv; k < k1; k++) s += ldw1<W>(w0 + k * esz) * load<f32>(xa + (k << 2));
+        const ya = y + n * yrow + (o << 2);
+        store<f32>(ya, load<f32>(ya) + s);
+      }
+    }
+  }
+}
+
+/** dx[n, i] = sum_o dy[n, o] w[o, i] for i in [i0, i1); dy [N, OUT], w [OUT, IN], dx [N, IN]. */
+function bwdT<W>(dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize, i0: usize, i1: usize): void {
+  const esz: usize = sizeof<W>();
+  const wrow = IN * esz;
+  const dyrow = OUT << 2;
+  const dxrow = IN << 2;
+  for (let n: usize = 0; n < N; n++) memory.fill(dx + n * dxrow + (i0 << 2), 0, (i1 - i0) << 2);
+  for (let ob: usize = 0; ob < OUT; ob += OB) {
+    const oe = min<usize>(ob + OB, OUT);
+    let i = i0;
+    for (; i + 8 <= i1; i += 8) {
+      const wc = w + i * esz;
+      let n: usize = 0;
+      // 4 activation rows x 8 columns: 8 accumulators, the 2 weight vectors are shared by the 4 rows
+      for (; n + 4 <= N; n += 4) {
+        const p0 = dx + n * dxrow + (i << 2);
+        const p1 = p0 + dxrow;
+        const p2 = p1 + dxrow;
+        const p3 = p2 + dxrow;
+        let a0 = v128.load(p0), a1 = v128.load(p0 + 16);
+        let b0 = v128.load(p1), b1 = v128.load(p1 + 16);
+        let c0 = v128.load(p2), c1 = v128.load(p2 + 16);
+        let d0 = v128.load(p3), d1 = v128.load(p3 + 16);
+        const g0 = dy + n * dyrow;
+        const g1 = g0 + dyrow;
+        const g2 = g1 + dyrow;
+        const g3 = g2 + dyrow;
+        for (let o = ob; o < oe; o++) {
+          const wp = wc + o * wrow;
+          const w0 = ldw<W>(wp);
+          const w1 = ldw<W>(wp + 4 * esz);
+          const oo = o << 2;
+          let s = v128.load_splat<f32>(g0 + oo);
+          a0 = f32x4.add(a0, f32x4.mul(s, w0));
+          a1 = f32x4.add(a1, f32x4.mul(s, w1));
+          s = v128.load_splat<f32>(g1 + oo);
+          b0 = f32x4.add(b0, f32x4.mul(s, w0));
+          b1 = f32x4.add(b1, f32x4.mul(s, w1));
+          s = v128.load_splat<f32>(g2 + oo);
+          c0 = f32x4.add(c0, f32x4.mul(s, w0));
+          c1 = f32x4.add(c1, f32x4.mul(s, w1));
+          s = v128.load_splat<f32>(g3 + oo);
+          d0 = f32x4.add(d0, f32x4.mul(s, w0));
+          d1 = f32x4.add(d1, f32x4.mul(s, w1));
+        }
+        v128.store(p0, a0); v128.store(p0 + 16, a1);
+        v128.store(p1, b0); v128.store(p1 + 16, b1);
+        v128.store(p2, c0); v128.store(p2 + 16, c1);
+        v128.store(p3, d0); v128.store(p3 + 16, d1);
+      }
+      for (; n < N; n++) {
+        const p0 = dx + n * dxrow + (i << 2);
+        let a0 = v128.load(p0), a1 = v128.load(p0 + 16);
+        const g0 = dy + n * dyrow;
+        for (let o = ob; o < oe; o++) {
+          const wp = wc + o * wrow;
+          const s = v128.load_splat<f32>(g0 + (o << 2));
+          a0 = f32x4.add(a0, f32x4.mul(s, ldw<W>(wp)));
+          a1 = f32x4.add(a1, f32x4.mul(s, ldw<W>(wp + 4 * esz)));
+        }
+        v128.store(p0, a0); v128.store(p0 + 16, a1);
+      }
+    }
+    for (; i < i1; i++) {
+      const wc = w + i * esz;
+      for (let n: usize = 0; n < N; n++) {
+        const p = dx + n * dxrow + (i << 2);
+        const g = dy + n * dyrow;
+        let s = load<f32>(p);
+        for (let o = ob; o < oe; o++) s += load<f32>(g + (o << 2)) * ldw1<W>(wc + o * wrow);
+        store<f32>(p, s);
+      }
+    }
+  }
+}
+
+export function fwd(dt: i32, x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize): void {
+  if (dt == 1) fwdT<u16>(x, N, w, IN, OUT, bias, y, o0, o1);
+  else if (dt == 0) fwdT<f32>(x, N, w, IN, OUT, bias, y, o0, o1);
+  else fwdT<i16>(x, N, w, IN, OUT, bias, y, o0, o1);
+}
+
+export function bwd(dt: i32, dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize, i0: usize, i1: usize): void {
+  if (dt == 1) bwdT<u16>(dy, N, w, IN, OUT, dx, i0, i1);
+  else if (dt == 0) bwdT<f32>(dy, N, w, IN, OUT, dx, i0, i1);
+  else bwdT<i16>(dy, N, w, IN, OUT, dx, i0, i1);
+}
