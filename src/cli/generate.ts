@@ -1,0 +1,93 @@
+/** `gravity generate`: one completion, streamed to stdout, or a JSON summary with --json. */
+import { fail } from '../errors.js';
+import { generate } from '../generate/generate.js';
+import { flag, parseCommand, parseIdList, str, UsageError } from './args.js';
+import { loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
+import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs } from './sampling-args.js';
+
+export const usage = `usage: gravity generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]
+
+Generates a continuation of the prompt and streams it to stdout.
+
+  --prompt TEXT          prompt text (needs a tokenizer); with a chat template it becomes a user message
+  --prompt-ids IDS       prompt as comma-separated token ids
+  --chat                 require and apply the chat template
+  --raw                  feed --prompt as plain text even if the model has a chat template
+  --system TEXT          system message for the chat template
+  --json                 print only a final JSON line {"prompt_ids", "output_ids", "text"}
+${SAMPLING_USAGE}
+${MODEL_USAGE}
+`;
+
+const OPTIONS = {
+  ...MODEL_OPTIONS,
+  ...SAMPLING_OPTIONS,
+  prompt: { type: 'string', short: 'p' },
+  'prompt-ids': { type: 'string' },
+  chat: { type: 'boolean' },
+  raw: { type: 'boolean' },
+  system: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+export async function run(argv: string[]): Promise<number> {
+  const v = parseCommand(argv, OPTIONS, usage);
+  if (!v) return 0;
+  const text = str(v, 'prompt');
+  const idsArg = str(v, 'prompt-ids');
+  if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give exactly one of --prompt or --prompt-ids', usage);
+  if (flag(v, 'chat') && flag(v, 'raw')) throw new UsageError('--chat and --raw contradict each other', usage);
+  const gen = samplingFromArgs(v);
+  const promptIdsArg = idsArg !== undefined ? parseIdList(idsArg, '--prompt-ids') : null;
+
+  const model = await loadFromArgs(v);
+  try {
+    const tok = tokenizerOf(model);
+    let promptIds: number[];
+    if (promptIdsArg) {
+      promptIds = promptIdsArg;
+    } else {
+      if (!tok) fail(`--prompt needs a tokenizer and ${model.dir} has no tokenizer.json; use --prompt-ids`);
+      const useTemplate = !flag(v, 'raw') && (flag(v, 'chat') || tok.hasChatTemplate);
+      if (useTemplate) {
+        if (!tok.hasChatTemplate) fail(`--chat: ${model.dir} has no chat template in tokenizer_config.json`);
+        const system = str(v, 'system');
+        const messages = [...(system !== undefined ? [{ role: 'system', content: system }] : []), { role: 'user', content: text! }];
+        promptIds = tok.encode(tok.applyChatTemplate(messages, { addGenerationPrompt: true }), { addSpecialTokens: false });
+      } else {
+        promptIds = tok.encode(text!);
+      }
+    }
+    if ((gen.stop?.length ?? 0) > 0 && !tok) fail(`--stop needs a tokenizer and ${model.dir} has no tokenizer.json`);
+
+    const json = flag(v, 'json');
+    const out = process.stdout;
+    let firstId = true;
+    const res = await generate(model, promptIds, {
+      ...gen,
+      tokenizer: tok,
+      eosTokenIds: model.eosTokenIds,
+      onToken: json
+        ? undefined
+        : (t) => {
+            if (tok) {
+              if (t.text) out.write(t.text);
+            } else {
+              out.write((firstId ? '' : ' ') + t.id); // no tokenizer: stream the ids
+              firstId = false;
+            }
+          },
+    });
+    if (json) {
+      const obj: Record<string, unknown> = { prompt_ids: res.promptIds, output_ids: res.outputIds };
+      if (res.text !== undefined) obj.text = res.text;
+      out.write(JSON.stringify(obj) + '\n');
+    } else {
+      out.write('\n');
+      if (process.env.GRAVITY_DEBUG === '1') process.stderr.write(`[${res.outputIds.length} tokens, ${res.finishReason}]\n`);
+    }
+    return 0;
+  } finally {
+    model.dispose();
+  }
+}
