@@ -67,6 +67,26 @@ def save_masses(path, mass, fmt, dtype):
     return m.to(torch.float32)
 
 
+def dot64_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention, but the softmax stays in float64: eager casts to float32, where the
+    float64 mask minimum becomes -inf and fully padded rows turn NaN (and spread to every row after layer 0)."""
+    n_rep = query.shape[1] // key.shape[1]
+    key = gravity_ref.repeat_kv(key, n_rep)
+    value = gravity_ref.repeat_kv(value, n_rep)
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=scores.dtype)
+    return (probs @ value).transpose(1, 2).contiguous(), probs
+
+
+def register_dot64():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register("dot64", dot64_attention)
+    AttentionMaskInterface.register("dot64", eager_mask)
+
+
 def set_attn(model, impl):
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(impl)
@@ -116,13 +136,14 @@ def make_inference(name, kind, cfg_kwargs, store_dtype, mass_fmt, mass_dtype, qk
     for b, L in enumerate(lens):
         pad_ids[b, 12 - L:] = torch.randint(1, VOCAB, (L,), generator=g)
         pad_mask[b, 12 - L:] = 1
+    long_ids = torch.randint(1, VOCAB, (1, 96), generator=g)
     tensors = {}
-    meta = {"name": name, "architecture": kind, "store_dtype": str(store_dtype).replace("torch.", ""),
+    meta = {"long_input_ids": long_ids.tolist(), "long_logits_positions": "last 16","name": name, "architecture": kind, "store_dtype": str(store_dtype).replace("torch.", ""),
             "mass_format": mass_fmt, "mass_dtype": str(mass_dtype).replace("torch.", ""), "eps": gravity_ref.EPS,
             "input_ids": ids.tolist(), "padded_input_ids": pad_ids.tolist(), "padded_attention_mask": pad_mask.tolist(),
             "transformers": transformers.__version__, "torch": torch.__version__}
     for attn in ("gravity", "dot"):
-        set_attn(model, "gravity" if attn == "gravity" else "eager")
+        set_attn(model, "gravity" if attn == "gravity" else "dot64")
         with torch.no_grad():
             out = model(ids, output_attentions=True)
             tensors[f"{attn}.logits"] = out.logits.contiguous()
@@ -131,6 +152,9 @@ def make_inference(name, kind, cfg_kwargs, store_dtype, mass_fmt, mass_dtype, qk
             meta[f"{attn}_mean_max_prob_layer0"] = float(probs.max(-1).values.mean())
             outp = model(pad_ids, attention_mask=pad_mask)
             tensors[f"{attn}.padded_logits"] = outp.logits.contiguous()
+            # a longer sequence: many keys per query exercise the online softmax's rescaling
+            outl = model(long_ids)
+            tensors[f"{attn}.long_logits"] = outl.logits[:, -16:].contiguous()
         # greedy continuation with the KV cache; pick a prompt with no near-ties so float32 engines can match
         best = None
         for t in range(8):
@@ -201,6 +225,7 @@ def make_training(name, kind, cfg_kwargs, targets, r, alpha, qk_std, seed, ignor
     print(name, "loss", meta["loss"], "adamw", losses)
 
 
+register_dot64()
 base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=256,
             rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
 make_inference("qwen2-gqa-f32", "qwen2", dict(base, num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,

@@ -181,3 +181,32 @@ test('matmul: bad input gives one-line GravityErrors', () => {
     e.close();
   }
 });
+
+test('matmul wasm: every finite f16 and bf16 bit pattern widens exactly (SIMD and scalar paths)', () => {
+  const e = createMatmulEngine({ threads: 1 });
+  for (const dtype of ['F16', 'BF16'] as const) {
+    const bits: number[] = [];
+    for (let h = 0; h < 65536; h++) {
+      const v = dtype === 'F16' ? f16ToF32(h) : bf16ToF32(h);
+      if (Number.isFinite(v)) bits.push(h);
+    }
+    // IN = 9: columns 0-7 go through the 4-wide SIMD loads, column 8 through the scalar tail
+    const IN = 9;
+    const OUT = Math.ceil(bits.length / IN);
+    const data = new Uint16Array(OUT * IN);
+    for (let i = 0; i < bits.length; i++) data[i] = bits[i];
+    const pw = e.prepare({ dtype, shape: [OUT, IN], data });
+    const x = new Float32Array(IN * IN);
+    for (let j = 0; j < IN; j++) x[j * IN + j] = 1; // identity: y[j, o] = w[o, j]
+    const y = e.linear(x, IN, pw, null);
+    let bad = 0;
+    for (let o = 0; o < OUT; o++)
+      for (let j = 0; j < IN; j++) {
+        const h = data[o * IN + j];
+        const want = dtype === 'F16' ? f16ToF32(h) : bf16ToF32(h);
+        if (y[j * OUT + o] !== want && !(want === 0 && y[j * OUT + o] === 0)) bad++;
+      }
+    assert.equal(bad, 0, `${dtype}: ${bad} values widened wrongly`);
+  }
+  e.close();
+});

@@ -1,6 +1,13 @@
-/** Loads a model folder into a CausalLM on a backend. (Lead-owned; implementation lands with model/qwen2.ts.) */
-import type { AttentionKind } from '../backend/backend.js';
+/** Loads a model folder (config, weights, masses, generation config, tokenizer) into a CausalLM on a backend. */
+import type { AttentionKind, Backend } from '../backend/backend.js';
+import { createCpuBackend } from '../backend/cpu/index.js';
+import { DEFAULT_EPS, parseMassInit } from '../attention/registry.js';
+import { fail } from '../errors.js';
+import { checkWeights, loadCheckpointFiles } from '../io/checkpoint.js';
+import { loadMasses } from '../io/masses.js';
+import { Qwen2Model, uploadWeights } from './qwen2.js';
 import type { CausalLM } from './types.js';
+import type { HostTensor } from '../tensor/dtype.js';
 
 export type DeviceName = 'cpu' | 'webgpu' | 'auto';
 
@@ -11,7 +18,7 @@ export interface LoadOptions {
   /** masses file overriding the one found in the folder */
   masses?: string;
   /**
-   * What to do when gravity runs and no masses file exists: undefined = refuse with an error;
+   * What to do when no masses file exists: undefined = refuse gravity with an error;
    * 'raw:0.5' = every raw mass_log is 0.5 (M = softplus(0.5) ≈ 0.974); 'mass:0.5' = M = 0.5 exactly.
    */
   massInit?: string;
@@ -19,16 +26,74 @@ export interface LoadOptions {
   eps?: number;
   /** PEFT adapter folder applied without merging */
   adapter?: string;
+  /** an already created backend (tests, benchmarks) */
+  backend?: Backend;
   onProgress?: (done: number, total: number, what: string) => void;
 }
 
 export interface LoadedModel extends CausalLM {
   readonly dir: string;
-  /** tokenizer.json / tokenizer_config.json contents when the folder has them */
   readonly tokenizerJson: object | null;
   readonly tokenizerConfig: object | null;
   /** eos ids from generation_config.json, else config.json */
   readonly eosTokenIds: number[];
 }
 
-export declare function loadModel(dir: string, opts?: LoadOptions): Promise<LoadedModel>;
+/** Adapter hook: given the base tensors by name, returns the tensor to upload (LoRA folded in memory). */
+export type WeightTransform = (name: string, t: HostTensor) => HostTensor;
+let adapterLoader: ((dir: string, numLayers: number) => Promise<WeightTransform>) | null = null;
+/** Registered by train/ so that model/ does not depend on training code. */
+export function registerAdapterLoader(f: (dir: string, numLayers: number) => Promise<WeightTransform>): void {
+  adapterLoader = f;
+}
+
+export async function createBackend(device: DeviceName = 'cpu'): Promise<Backend> {
+  if (device === 'cpu') return createCpuBackend();
+  const wg = await import('../backend/webgpu/index.js');
+  if (device === 'webgpu') return wg.createWebGPUBackend();
+  if (device === 'auto') return (await wg.webgpuAvailable()) ? wg.createWebGPUBackend() : createCpuBackend();
+  return fail(`unknown device '${device}' (cpu, webgpu, auto)`);
+}
+
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const files = loadCheckpointFiles(dir, { masses: opts.masses });
+  const cfg = files.config;
+  checkWeights(files.weights, cfg);
+  const attention = opts.attention ?? 'gravity';
+
+  let massLog: Float32Array[];
+  if (files.massesPath) massLog = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads);
+  else if (opts.massInit !== undefined) {
+    const raw = parseMassInit(opts.massInit);
+    massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(raw));
+  } else if (attention === 'gravity') {
+    return fail(`${files.dir}: no gravity_mass_log.pt or gravity_mass_log.safetensors; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
+  } else massLog = [];
+
+  let transform: WeightTransform | null = null;
+  if (opts.adapter) {
+    if (!adapterLoader) await import('../train/adapter.js').catch(() => undefined);
+    if (!adapterLoader) return fail('--adapter: LoRA adapters are not available in this build');
+    transform = await adapterLoader(opts.adapter, cfg.numLayers);
+  }
+
+  const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu'));
+  const names = files.weights.names();
+  let done = 0;
+  const weights = uploadWeights(
+    be, cfg,
+    (name) => (transform ? transform(name, files.weights.read(name)) : files.weights.read(name)),
+    (name) => opts.onProgress?.(++done, names.length, name),
+  );
+  files.weights.close();
+  const model = new Qwen2Model(cfg, be, weights, massLog);
+  model.attention = attention;
+  model.eps = opts.eps ?? DEFAULT_EPS;
+  const eos = files.generation?.eosTokenIds?.length ? files.generation.eosTokenIds : cfg.eosTokenIds;
+  return Object.assign(model, {
+    dir: files.dir,
+    tokenizerJson: files.tokenizerJson,
+    tokenizerConfig: files.tokenizerConfig,
+    eosTokenIds: eos,
+  });
+}

@@ -10,7 +10,7 @@ import type { AttentionParams } from '../backend.js';
 export interface CpuKVLayer {
   k: Float32Array; // [B, Hkv, maxLen, D]
   v: Float32Array; // [B, Hkv, maxLen, D]
-  kn: Float32Array; // [B, Hkv, maxLen]  squared key norms
+  kn: Float64Array; // [B, Hkv, maxLen]  squared key norms, f64: an f32 norm would cancel badly in |q|²+|k|²-2q·k
 }
 
 /**

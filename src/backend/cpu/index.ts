@@ -30,7 +30,7 @@ class CpuKVCache implements KVCache {
     this.keyValid = new Uint8Array(batch * maxLen);
     const n = batch * numKVHeads * maxLen;
     for (let l = 0; l < numLayers; l++) {
-      this.layers.push({ k: new Float32Array(n * headDim), v: new Float32Array(n * headDim), kn: new Float32Array(n) });
+      this.layers.push({ k: new Float32Array(n * headDim), v: new Float32Array(n * headDim), kn: new Float64Array(n) });
     }
   }
 }
