@@ -1,0 +1,252 @@
+/**
+ * Fused attention over the KV cache, flash style: no [T x keys] matrix ever reaches global memory.
+ *
+ * One workgroup takes one (batch, kv head) and a tile of TQ queries for ALL G query heads of that kv head's
+ * group (R = G * TQ rows), so each K/V tile loaded into workgroup memory serves every head of the group.
+ * Per key tile: scores S[R, BK] into workgroup memory (threads spread over (row, key)), then each row's
+ * TPR threads update the running max m, running sum l and their D/TPR slice of the output accumulator
+ * (online softmax). Masked keys (keyValid = 0, or slot > query slot) are skipped; the causal limit also
+ * bounds the key loop.
+ *
+ * Decode (T = 1) has only G rows per (batch, kv head), too little work for a GPU, so the key axis is split
+ * (flash-decoding): each split writes (o, m, l) for its key range and a combine pass merges them with
+ * weights exp(m_s - max m). Prefill runs with one split and writes the output directly.
+ *
+ * gravity: s = M_h² / (|q - k|² + eps) (the distance summed directly, see flashShader); dot: s = scale * q·k.
+ */
+import type { AttentionParams } from '../backend.js';
+import { GravityError } from '../../errors.js';
+import { Params, roundUp, type GpuContext } from './context.js';
+import type { GpuKVCache } from './kvcache.js';
+
+interface Cfg {
+  D: number;
+  G: number;
+  TQ: number;
+  TPR: number;
+  BK: number;
+}
+
+/** the largest power of two <= cap that divides D */
+function pow2Divisor(D: number, cap: number): number {
+  let t = 1;
+  while (t * 2 <= cap && D % (t * 2) === 0) t *= 2;
+  return t;
+}
+
+function sharedBytes(c: Cfg): number {
+  const R = c.G * c.TQ;
+  return 4 * (R * c.D + c.BK * c.D + R * c.BK + c.BK);
+}
+
+function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg {
+  let TPR = pow2Divisor(D, decode ? 32 : 4);
+  while (G * TPR > 256 && TPR > 1) TPR /= 2;
+  if (G * TPR > 256) throw new GravityError(`attention: ${G} query heads per kv head is more than this backend supports (256)`);
+  for (let TQ = decode ? 1 : Math.max(1, Math.floor(32 / G)); TQ >= 1; TQ = Math.floor(TQ / 2)) {
+    while (G * TQ * TPR > 256) TQ--;
+    for (const BK of [32, 16, 8, 4]) {
+      const c = { D, G, TQ, TPR, BK };
+      if (sharedBytes(c) <= ctx.maxWorkgroupMem) return c;
+    }
+    if (TQ === 1) break;
+  }
+  throw new GravityError(`attention: head dim ${D} with ${G} heads per group needs more workgroup memory than this device has (${ctx.maxWorkgroupMem} bytes)`);
+}
+
+function flashShader(c: Cfg, gravity: boolean, split: boolean): string {
+  const R = c.G * c.TQ;
+  const NT = R * c.TPR;
+  // gravity takes |q - k|² directly: |q|² + |k|² - 2 q·k cancels badly in f32 when q is near k, and near
+  // k is exactly where the score (up to M²/eps) is largest
+  const inner = gravity
+    ? `let df = Qs[rr * D + d] - KVs[j * D + d]; dt = fma(df, df, dt);`
+    : `dt = fma(Qs[rr * D + d], KVs[j * D + d], dt);`;
+  const score = gravity ? `s = mass[kvh * G + rr % G] / (dt + p.eps);` : `s = p.scale * dt;`;
+  // the automatic layout drops bindings a shader never names; dot never reads the masses
+  const touchMass = gravity ? '' : '_ = mass[0];';
+  const store = split
+    ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
+    for (var i = 0u; i < DPT; i++) { out[base + part + TPR * i] = o[i]; }
+    if (part == 0u) { out[base + D] = m; out[base + D + 1u] = l; }`
+    : `let inv = select(0.0, 1.0 / l, l > 0.0);
+    let base = ((b * p.T + t) * p.Hq + h) * D;
+    for (var i = 0u; i < DPT; i++) { out[base + part + TPR * i] = o[i] * inv; }`;
+  return `struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<f32>;
+@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(4) var<storage, read> valid: array<u32>;
+@group(0) @binding(5) var<storage, read> mass: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+const D = ${c.D}u;
+const G = ${c.G}u;
+const TQ = ${c.TQ}u;
+const R = ${R}u;
+const TPR = ${c.TPR}u;
+const NT = ${NT}u;
+const BK = ${c.BK}u;
+const DPT = ${c.D / c.TPR}u;
+const MASKED = -3.0e38;
+var<workgroup> Qs: array<f32, ${R * c.D}>;
+var<workgroup> KVs: array<f32, ${c.BK * c.D}>;
+var<workgroup> Ss: array<f32, ${R * c.BK}>;
+var<workgroup> oks: array<u32, BK>;
+@compute @workgroup_size(${NT})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let t0 = wid.x * TQ;
+  let split = wid.y;
+  let bh = wid.z;                 // b * Hkv + kvh
+  let b = bh / p.Hkv;
+  let kvh = bh % p.Hkv;
+  let HD = p.Hq * D;
+  ${touchMass}
+  // rows are (query t0 + r / G, head kvh * G + r % G)
+  for (var e = lid; e < R * D; e += NT) {
+    let r = e / D;
+    let t = t0 + r / G;
+    var v = 0.0;
+    if (t < p.T) { v = q[(b * p.T + t) * HD + (kvh * G + r % G) * D + e % D]; }
+    Qs[e] = v;
+  }
+  workgroupBarrier();
+  let r = lid / TPR;
+  let part = lid % TPR;
+  let kEnd = p.start + min(t0 + TQ, p.T);   // exclusive: the last query's slot + 1
+  let k0 = split * p.kps;
+  let k1 = min(kEnd, k0 + p.kps);
+  var m = -1.0e30;
+  var l = 0.0;
+  var o: array<f32, DPT>;
+  for (var kb = k0; kb < k1; kb += BK) {
+    for (var e = lid; e < BK * D; e += NT) {
+      let slot = kb + e / D;
+      var v = 0.0;
+      if (slot < k1) { v = kc[(bh * p.maxLen + slot) * D + e % D]; }
+      KVs[e] = v;
+    }
+    for (var j = lid; j < BK; j += NT) {
+      let slot = kb + j;
+      var ok = 0u;
+      if (slot < k1) { ok = valid[b * p.maxLen + slot]; }
+      oks[j] = ok;
+    }
+    workgroupBarrier();
+    for (var e = lid; e < R * BK; e += NT) {
+      let rr = e / BK;
+      let j = e % BK;
+      let tt = t0 + rr / G;
+      var s = MASKED;
+      if (oks[j] != 0u && tt < p.T && kb + j <= p.start + tt) {
+        var dt = 0.0;
+        for (var d = 0u; d < D; d++) { ${inner} }
+        ${score}
+      }
+      Ss[e] = s;
+    }
+    workgroupBarrier();
+    // masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
+    var mt = m;
+    for (var j = 0u; j < BK; j++) { mt = max(mt, Ss[r * BK + j]); }
+    let alpha = exp(m - mt);
+    m = mt;
+    l *= alpha;
+    for (var i = 0u; i < DPT; i++) { o[i] *= alpha; }
+    for (var e = lid; e < BK * D; e += NT) {
+      let slot = kb + e / D;
+      var v = 0.0;
+      if (slot < k1) { v = vc[(bh * p.maxLen + slot) * D + e % D]; }
+      KVs[e] = v;
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < BK; j++) {
+      let s = Ss[r * BK + j];
+      if (s > -1.0e38) {
+        let pj = exp(s - m);
+        l += pj;
+        for (var i = 0u; i < DPT; i++) { o[i] = fma(pj, KVs[j * D + part + TPR * i], o[i]); }
+      }
+    }
+    workgroupBarrier();
+  }
+  let t = t0 + r / G;
+  let h = kvh * G + r % G;
+  if (t < p.T) {
+    ${store}
+  }
+}`;
+}
+
+function combineShader(D: number): string {
+  return `struct P { n: u32, nsplit: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const D = ${D}u;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let e = (wid.y * nwg.x + wid.x) * 64u + lid;
+  if (e >= p.n) { return; }
+  let row = e / D;                // (b * T + t) * Hq + h
+  let base = row * p.nsplit * (D + 2u);
+  var mx = -1.0e30;
+  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, part[base + s * (D + 2u) + D]); }
+  var L = 0.0;
+  var O = 0.0;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let o = base + s * (D + 2u);
+    let w = exp(part[o + D] - mx);
+    L += part[o + D + 1u] * w;
+    O += part[o + e % D] * w;
+  }
+  out[e] = select(0.0, O / L, L > 0.0);
+}`;
+}
+
+/** Target number of workgroups for decode: enough to fill a big GPU's SMs twice over. */
+const DECODE_WORKGROUPS = 256;
+const MIN_KEYS_PER_SPLIT = 64;
+
+export function attentionKernel(
+  ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
+): void {
+  const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
+  if (Hkv !== c.numKVHeads || D !== c.headDim) {
+    throw new GravityError(`attention: params say ${Hkv} kv heads x ${D}, the cache has ${c.numKVHeads} x ${c.headDim}`);
+  }
+  if (Hq % Hkv !== 0) throw new GravityError(`attention: ${Hq} query heads is not a multiple of ${Hkv} kv heads`);
+  if (start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
+  const gravity = p.kind === 'gravity';
+  if (gravity && (!p.massSq || p.massSq.length !== Hq)) throw new GravityError(`attention: gravity needs massSq of length ${Hq}`);
+  const G = Hq / Hkv;
+  const B = c.batch;
+  const L = c.layers[layer];
+  c.syncMask();
+  const decode = T === 1;
+  const cfg = chooseCfg(ctx, D, G, decode);
+  const keys = start + T;
+  let nsplit = 1;
+  let kps = keys;
+  if (decode) {
+    nsplit = Math.max(1, Math.min(Math.ceil(DECODE_WORKGROUPS / (B * Hkv)), Math.ceil(keys / MIN_KEYS_PER_SPLIT)));
+    kps = roundUp(Math.ceil(keys / nsplit), cfg.BK);
+    nsplit = Math.ceil(keys / kps);
+  }
+  const split = nsplit > 1;
+  const key = `attn:${gravity ? 'g' : 'd'}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
+  const pl = ctx.pipeline(key, () => flashShader(cfg, gravity, split));
+  const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale);
+  const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
+  const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
+  if (!split) {
+    ctx.dispatch(pl, params, [q, L.k, L.v, c.valid, mass, out], groups);
+    return;
+  }
+  const rows = B * T * Hq;
+  const partial = ctx.alloc(rows * nsplit * (D + 2) * 4, 'attention partials');
+  ctx.dispatch(pl, params, [q, L.k, L.v, c.valid, mass, partial], groups);
+  const cpl = ctx.pipeline(`attn-combine:${D}`, () => combineShader(D));
+  ctx.dispatch(cpl, new Params().u(rows * D, nsplit), [partial, out], ctx.grid(Math.ceil((rows * D) / 64)));
+  ctx.release(partial);
+}

@@ -1,0 +1,323 @@
+/**
+ * The command stream of the WebGPU backend: pipelines cached by source, buffers pooled by size, dispatches
+ * recorded into one open compute pass and submitted lazily (at a read, a sync, or every FLUSH_EVERY
+ * dispatches), and small per-dispatch data (kernel parameters, token ids, positions) packed into one
+ * "arena" buffer that is written once per submit.
+ *
+ * Why an arena: queue.writeBuffer runs before the not-yet-submitted commands recorded earlier, so writing
+ * a pooled buffer that an earlier, still unsubmitted dispatch reads would change what that dispatch sees.
+ * The arena is written right before the submit that uses it and never reused within one submit.
+ */
+import { GravityError } from '../../errors.js';
+import type { DType } from '../../tensor/dtype.js';
+import type { Tensor } from '../backend.js';
+
+/** GPUBufferUsage / GPUMapMode values (spec constants), so no global has to exist */
+export const USAGE = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128 } as const;
+const MAP_READ_MODE = 1;
+
+const ARENA_BYTES = 1 << 20;
+const SLOT = 256; // min{Uniform,Storage}BufferOffsetAlignment on every adapter we know
+const FLUSH_EVERY = 64;
+
+export class GpuTensor implements Tensor {
+  constructor(
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    public buffer: GPUBuffer | null,
+    /** bytes of data (the buffer may be larger) */
+    readonly bytes: number,
+    /** pooled buffers go back to the pool on dispose; weights are destroyed */
+    readonly pooled: boolean,
+  ) {}
+  get buf(): GPUBuffer {
+    if (!this.buffer) throw new GravityError(`WebGPU: tensor [${this.shape}] was already disposed`);
+    return this.buffer;
+  }
+}
+
+export type Binding = GPUBuffer | GPUBufferBinding | { data: ArrayBufferView };
+
+export function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+function mb(n: number): string {
+  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/** A little-endian parameter block: u32 and f32 fields in declaration order. */
+export class Params {
+  private words: number[] = [];
+  private kinds: ('u' | 'i' | 'f')[] = [];
+  u(...v: number[]): this {
+    for (const x of v) this.words.push(x), this.kinds.push('u');
+    return this;
+  }
+  i(...v: number[]): this {
+    for (const x of v) this.words.push(x), this.kinds.push('i');
+    return this;
+  }
+  f(...v: number[]): this {
+    for (const x of v) this.words.push(x), this.kinds.push('f');
+    return this;
+  }
+  writeTo(view: DataView, offset: number): number {
+    for (let k = 0; k < this.words.length; k++) {
+      const o = offset + 4 * k;
+      if (this.kinds[k] === 'f') view.setFloat32(o, this.words[k], true);
+      else if (this.kinds[k] === 'i') view.setInt32(o, this.words[k], true);
+      else view.setUint32(o, this.words[k] >>> 0, true);
+    }
+    return this.words.length * 4;
+  }
+}
+
+export class GpuContext {
+  readonly maxBinding: number;
+  readonly maxBuffer: number;
+  readonly maxWorkgroupMem: number;
+  readonly maxGroups: number;
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private pool = new Map<number, GPUBuffer[]>();
+  private staging = new Map<number, GPUBuffer[]>();
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private pending = 0;
+  private arena: GPUBuffer;
+  private arenaHost = new ArrayBuffer(ARENA_BYTES);
+  private arenaView = new DataView(this.arenaHost);
+  private arenaUsed = 0;
+  /** buffers to destroy once the submit that last uses them is queued */
+  private retired: GPUBuffer[] = [];
+  private lostError: Error | null = null;
+  private waiters = new Set<(e: Error) => void>();
+  private errors: string[] = [];
+  private destroyed = false;
+
+  constructor(readonly device: GPUDevice) {
+    const l = device.limits;
+    this.maxBinding = l.maxStorageBufferBindingSize;
+    this.maxBuffer = l.maxBufferSize;
+    this.maxWorkgroupMem = l.maxComputeWorkgroupStorageSize;
+    this.maxGroups = l.maxComputeWorkgroupsPerDimension;
+    this.arena = device.createBuffer({ size: ARENA_BYTES, usage: USAGE.UNIFORM | USAGE.STORAGE | USAGE.COPY_DST });
+    device.lost.then((info) => {
+      if (this.destroyed) return;
+      const err = new GravityError(`WebGPU: device lost (${info.reason}${info.message ? ': ' + info.message : ''})`);
+      this.lostError = err;
+      for (const w of this.waiters) w(err);
+      this.waiters.clear();
+    });
+    // shader/validation errors would otherwise only show up as silently wrong numbers
+    device.addEventListener('uncapturederror', (ev) => {
+      const msg = (ev as GPUUncapturedErrorEvent).error.message;
+      if (this.errors.length < 8) this.errors.push(msg.split('\n').slice(0, 6).join(' | '));
+    });
+  }
+
+  check(): void {
+    if (this.lostError) throw this.lostError;
+    if (this.destroyed) throw new GravityError('WebGPU: backend was destroyed');
+  }
+
+  /** Throws the first GPU validation error seen since the last call. */
+  takeErrors(): void {
+    if (this.errors.length) {
+      const e = this.errors.join(' ;; ');
+      this.errors = [];
+      throw new GravityError(`WebGPU: ${e}`);
+    }
+  }
+
+  /** Refuses a buffer the device cannot bind, naming the tensor. */
+  checkSize(bytes: number, what: string): void {
+    if (bytes > this.maxBinding || bytes > this.maxBuffer) {
+      const lim = Math.min(this.maxBinding, this.maxBuffer);
+      const name = bytes > this.maxBinding ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
+      throw new GravityError(`WebGPU: ${what} is ${mb(bytes)}, more than this device's ${name} (${mb(lim)}); use --device cpu`);
+    }
+  }
+
+  pipeline(key: string, code: () => string): GPUComputePipeline {
+    let p = this.pipelines.get(key);
+    if (!p) {
+      const module = this.device.createShaderModule({ code: code(), label: key });
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: key });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /** A pooled storage buffer of at least `bytes` (rounded to 256 so that decode sizes hit the same bucket). */
+  alloc(bytes: number, what = 'activation'): GPUBuffer {
+    this.check();
+    const size = roundUp(Math.max(bytes, 4), SLOT);
+    this.checkSize(size, what);
+    const list = this.pool.get(size);
+    if (list && list.length) return list.pop()!;
+    return this.device.createBuffer({ size, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST });
+  }
+
+  release(buf: GPUBuffer): void {
+    const list = this.pool.get(buf.size);
+    if (list) list.push(buf);
+    else this.pool.set(buf.size, [buf]);
+  }
+
+  /** A fresh buffer holding `data`; fresh, so no pending dispatch can be reading it. */
+  createFilled(data: ArrayBufferView, what: string): GPUBuffer {
+    this.check();
+    const size = roundUp(Math.max(data.byteLength, 4), 16);
+    this.checkSize(size, what);
+    const buf = this.device.createBuffer({ size, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST, mappedAtCreation: true });
+    new Uint8Array(buf.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    buf.unmap();
+    return buf;
+  }
+
+  /** Destroys `buf` after everything recorded so far has been submitted. */
+  retire(buf: GPUBuffer): void {
+    this.retired.push(buf);
+  }
+
+  private reserve(bytes: number): number {
+    const off = this.arenaUsed;
+    this.arenaUsed += roundUp(bytes, SLOT);
+    return off;
+  }
+
+  /**
+   * Records one dispatch. Binding 0 is the parameter block, `bindings` are 1..n in order; `{ data }` entries
+   * (token ids, positions, masses) go into the arena next to the parameters, so they are written by the same
+   * submit as the dispatch that reads them.
+   */
+  dispatch(pipeline: GPUComputePipeline, params: Params, bindings: Binding[], groups: [number, number?, number?]): void {
+    this.check();
+    let need = SLOT;
+    for (const b of bindings) if ('data' in b && b.data.byteLength <= ARENA_BYTES / 4) need += roundUp(Math.max(b.data.byteLength, 4), SLOT);
+    if (this.arenaUsed + need > ARENA_BYTES) this.flush();
+    const off = this.reserve(64);
+    params.writeTo(this.arenaView, off);
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: off, size: 64 } }];
+    bindings.forEach((b, i) => entries.push({ binding: i + 1, resource: this.resource(b) }));
+    const bg = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = this.openPass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
+    if (++this.pending >= FLUSH_EVERY) this.flush();
+  }
+
+  private resource(b: Binding): GPUBufferBinding {
+    if ('data' in b) {
+      const data = b.data;
+      const bytes = roundUp(Math.max(data.byteLength, 4), 4);
+      if (data.byteLength > ARENA_BYTES / 4) {
+        const buf = this.createFilled(data, 'upload');
+        this.retire(buf);
+        return { buffer: buf, offset: 0, size: bytes };
+      }
+      const off = this.reserve(bytes);
+      new Uint8Array(this.arenaHost, off, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      return { buffer: this.arena, offset: off, size: bytes };
+    }
+    if ('buffer' in b) return b;
+    return { buffer: b };
+  }
+
+  /** 2-D grid for `n` workgroups (a dimension is limited to maxComputeWorkgroupsPerDimension). */
+  grid(n: number): [number, number] {
+    if (n <= this.maxGroups) return [Math.max(n, 1), 1];
+    const y = Math.ceil(n / this.maxGroups);
+    return [Math.ceil(n / y), y];
+  }
+
+  private openPass(): GPUComputePassEncoder {
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    if (!this.pass) this.pass = this.encoder.beginComputePass();
+    return this.pass;
+  }
+
+  private openEncoder(): GPUCommandEncoder {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    return this.encoder;
+  }
+
+  copy(src: GPUBuffer, srcOff: number, dst: GPUBuffer, dstOff: number, bytes: number): void {
+    this.openEncoder().copyBufferToBuffer(src, srcOff, dst, dstOff, bytes);
+  }
+
+  /** Writes host data into a buffer, after all recorded work (flushes first so earlier dispatches see the old data). */
+  writeNow(buf: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    this.flush();
+    this.device.queue.writeBuffer(buf, offset, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  flush(): void {
+    if (this.destroyed) return;
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    if (this.arenaUsed > 0) this.device.queue.writeBuffer(this.arena, 0, this.arenaHost, 0, this.arenaUsed);
+    if (this.encoder) this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.arenaUsed = 0;
+    this.pending = 0;
+    for (const b of this.retired) b.destroy();
+    this.retired = [];
+  }
+
+  /** Rejects when the device is lost, so no caller waits forever. */
+  private guard<T>(p: Promise<T>): Promise<T> {
+    if (this.lostError) return Promise.reject(this.lostError);
+    return new Promise<T>((resolve, reject) => {
+      const w = (e: Error) => reject(e);
+      this.waiters.add(w);
+      p.then(
+        (v) => (this.waiters.delete(w), resolve(v)),
+        (e) => (this.waiters.delete(w), reject(this.lostError ?? new GravityError(`WebGPU: ${(e as Error).message}`))),
+      );
+    });
+  }
+
+  /** Copies `bytes` of `src` to the host. */
+  async readBuffer(src: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    this.check();
+    const size = roundUp(Math.max(bytes, 4), 4);
+    const list = this.staging.get(size);
+    const st = list && list.length ? list.pop()! : this.device.createBuffer({ size, usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    this.copy(src, offset, st, 0, size);
+    this.flush();
+    await this.guard(st.mapAsync(MAP_READ_MODE));
+    const out = st.getMappedRange().slice(0, bytes);
+    st.unmap();
+    if (list) list.push(st);
+    else this.staging.set(size, [st]);
+    this.takeErrors();
+    return out;
+  }
+
+  async sync(): Promise<void> {
+    this.check();
+    this.flush();
+    await this.guard(this.device.queue.onSubmittedWorkDone());
+    this.takeErrors();
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.flush();
+    this.destroyed = true;
+    for (const l of [...this.pool.values(), ...this.staging.values()]) for (const b of l) b.destroy();
+    this.pool.clear();
+    this.staging.clear();
+    this.arena.destroy();
+    this.device.destroy();
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * Finding a WebGPU adapter and creating the device: navigator.gpu in a browser, the `webgpu` npm package
+ * (Dawn) in Node. The device is created with the adapter's largest limits, because the defaults (128 MiB
+ * storage bindings, 16 KiB workgroup memory) are far below what model weights and attention tiles need.
+ */
+import { GravityError } from '../../errors.js';
+
+/**
+ * Dawn's GPU object. It must stay reachable for the life of the process: if it is garbage-collected while a
+ * device is alive, Dawn crashes (SIGSEGV, futex errors or hangs).
+ */
+let nodeGpu: GPU | null = null;
+
+async function getGpu(): Promise<GPU | null> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  if (typeof process === 'undefined' || !process.versions?.node) return null;
+  if (!nodeGpu) {
+    const mod = await import('webgpu');
+    // the GPUBufferUsage-style constants etc., without overwriting anything the host already defines
+    const g = globalThis as Record<string, unknown>;
+    for (const [k, v] of Object.entries(mod.globals as Record<string, unknown>)) if (!(k in g)) g[k] = v;
+    nodeGpu = mod.create([]);
+  }
+  return nodeGpu;
+}
+
+async function getAdapter(): Promise<GPUAdapter | null> {
+  const gpu = await getGpu();
+  if (!gpu) return null;
+  return gpu.requestAdapter({ powerPreference: 'high-performance' });
+}
+
+/** true iff a WebGPU adapter can be found (for `--device auto`); never throws. */
+export async function webgpuAvailable(): Promise<boolean> {
+  try {
+    return (await getAdapter()) !== null;
+  } catch {
+    return false;
+  }
+}
+
+const WANTED_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+export interface DeviceInfo {
+  device: GPUDevice;
+  adapterName: string;
+  features: string[];
+}
+
+export async function createDevice(): Promise<DeviceInfo> {
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await getAdapter();
+  } catch (e) {
+    throw new GravityError(`WebGPU: no adapter found (install a Vulkan driver, or use --device cpu): ${(e as Error).message}`);
+  }
+  if (!adapter) throw new GravityError('WebGPU: no adapter found (install a Vulkan driver, or use --device cpu)');
+  const requiredLimits: Record<string, number> = {};
+  const al = adapter.limits as unknown as Record<string, number>;
+  for (const k of WANTED_LIMITS) if (typeof al[k] === 'number') requiredLimits[k] = al[k];
+  const device = await adapter.requestDevice({ requiredLimits });
+  const info = adapter.info;
+  const adapterName = [info?.vendor, info?.architecture, info?.device, info?.description].filter((s) => s).join(' ') || 'unknown';
+  return { device, adapterName, features: [...adapter.features] };
+}

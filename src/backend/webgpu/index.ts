@@ -1,0 +1,259 @@
+/**
+ * The WebGPU backend: weights live on the GPU in their stored width (F16/BF16 packed two per u32), activations
+ * are f32, and every op only records a dispatch; work is submitted at read()/sync() or every few dozen
+ * dispatches (see context.ts), so a forward pass is not one round trip per op.
+ */
+import type { AttentionParams, Backend, KVCache, Tensor } from '../backend.js';
+import { GravityError } from '../../errors.js';
+import { numel, toF32, type HostTensor } from '../../tensor/dtype.js';
+import { ropeInvFreq } from '../cpu/ops.js';
+import { attentionProbs as cpuAttentionProbs } from '../cpu/attention.js';
+import { GpuContext, GpuTensor } from './context.js';
+import { createDevice } from './device.js';
+import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
+import { linearKernel } from './linear.js';
+import { GpuKVCache, writeKVKernel } from './kvcache.js';
+import { attentionKernel } from './attention.js';
+import { asWeightType } from './wgsl.js';
+
+export { webgpuAvailable } from './device.js';
+
+function g(x: Tensor): GpuTensor {
+  if (!(x instanceof GpuTensor)) throw new GravityError('WebGPU: tensor does not belong to the webgpu backend');
+  return x;
+}
+
+function shapeStr(s: readonly number[]): string {
+  return `[${s.join(', ')}]`;
+}
+
+function needF32(x: Tensor, op: string, what: string): GpuTensor {
+  const t = g(x);
+  if (t.dtype !== 'F32') throw new GravityError(`${op}: ${what} must be an f32 activation, got ${t.dtype} ${shapeStr(t.shape)}`);
+  return t;
+}
+
+interface RopeTable {
+  buffer: GPUBuffer;
+  len: number;
+}
+
+export class WebGPUBackend implements Backend {
+  readonly name = 'webgpu' as const;
+  private ropeTables = new Map<string, RopeTable>();
+
+  constructor(readonly ctx: GpuContext, readonly adapterName: string, readonly features: string[]) {}
+
+  private out(shape: number[]): GpuTensor {
+    const bytes = numel(shape) * 4;
+    return new GpuTensor(shape, 'F32', this.ctx.alloc(bytes, `activation ${shapeStr(shape)} f32`), bytes, true);
+  }
+
+  upload(h: HostTensor, _hint?: 'linear' | 'other'): Tensor {
+    const n = numel(h.shape);
+    if (h.data.length !== n) throw new GravityError(`upload: ${h.data.length} values for shape ${shapeStr(h.shape)}`);
+    if (h.dtype === 'F16' || h.dtype === 'BF16') {
+      const data = h.data as Uint16Array;
+      const buf = this.ctx.createFilled(data, `tensor ${shapeStr(h.shape)} ${h.dtype}`);
+      return new GpuTensor([...h.shape], h.dtype, buf, n * 2, false);
+    }
+    const f = h.dtype === 'F32' ? (h.data as Float32Array) : toF32(h);
+    const buf = this.ctx.createFilled(f, `tensor ${shapeStr(h.shape)} ${h.dtype === 'F32' ? 'F32' : `${h.dtype} (as F32)`}`);
+    return new GpuTensor([...h.shape], 'F32', buf, n * 4, false);
+  }
+
+  fromF32(data: Float32Array, shape: number[]): Tensor {
+    if (data.length !== numel(shape)) throw new GravityError(`fromF32: ${data.length} values for shape ${shapeStr(shape)}`);
+    const buf = this.ctx.createFilled(data, `tensor ${shapeStr(shape)} f32`);
+    return new GpuTensor([...shape], 'F32', buf, data.length * 4, false);
+  }
+
+  async read(x: Tensor): Promise<Float32Array> {
+    const t = g(x);
+    const raw = await this.ctx.readBuffer(t.buf, 0, t.bytes);
+    if (t.dtype === 'F32') return new Float32Array(raw);
+    return toF32({ dtype: t.dtype, shape: [...t.shape], data: new Uint16Array(raw) });
+  }
+
+  dispose(x: Tensor | KVCache): void {
+    if (x instanceof GpuKVCache) return x.destroy();
+    const t = g(x as Tensor);
+    if (!t.buffer) return;
+    if (t.pooled) this.ctx.release(t.buffer);
+    else this.ctx.retire(t.buffer); // destroyed after the dispatches recorded so far are submitted
+    t.buffer = null;
+  }
+
+  embedding(ids: Int32Array, table: Tensor): Tensor {
+    const tb = g(table);
+    if (tb.shape.length !== 2) throw new GravityError(`embedding: table must be [V, C], got ${shapeStr(tb.shape)}`);
+    const [V, C] = tb.shape;
+    for (const id of ids) if (id < 0 || id >= V) throw new GravityError(`embedding: token id ${id} outside [0, ${V})`);
+    const y = this.out([ids.length, C]);
+    gatherKernel(this.ctx, ids, tb.buf, asWeightType(tb.dtype, 'embedding table'), y.buf, C);
+    return y;
+  }
+
+  gatherRows(x: Tensor, rows: Int32Array): Tensor {
+    const t = needF32(x, 'gatherRows', 'x');
+    const [N, C] = t.shape;
+    for (const r of rows) if (r < 0 || r >= N) throw new GravityError(`gatherRows: row ${r} outside [0, ${N})`);
+    const y = this.out([rows.length, C]);
+    gatherKernel(this.ctx, rows, t.buf, 'F32', y.buf, C);
+    return y;
+  }
+
+  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor {
+    const t = needF32(x, 'rmsnorm', 'x');
+    const wt = g(w);
+    const [N, C] = t.shape;
+    if (numel(wt.shape) !== C) throw new GravityError(`rmsnorm: weight ${shapeStr(wt.shape)} does not match x ${shapeStr(t.shape)}`);
+    const y = this.out([N, C]);
+    rmsnormKernel(this.ctx, t.buf, wt.buf, asWeightType(wt.dtype, 'rmsnorm weight'), y.buf, N, C, eps);
+    return y;
+  }
+
+  linear(x: Tensor, w: Tensor, b: Tensor | null): Tensor {
+    const t = needF32(x, 'linear', 'x');
+    const wt = g(w);
+    const [N, IN] = t.shape;
+    if (wt.shape.length !== 2 || wt.shape[1] !== IN) {
+      throw new GravityError(`linear: x ${shapeStr(t.shape)} does not match weight ${shapeStr(wt.shape)} (expected [OUT, ${IN}])`);
+    }
+    const OUT = wt.shape[0];
+    const bt = b ? g(b) : null;
+    if (bt && numel(bt.shape) !== OUT) throw new GravityError(`linear: bias ${shapeStr(bt.shape)} does not match ${OUT} outputs`);
+    const y = this.out([N, OUT]);
+    const wdt = asWeightType(wt.dtype, 'linear weight');
+    linearKernel(this.ctx, t.buf, wt.buf, wdt, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT);
+    return y;
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    const x = needF32(a, 'add', 'a');
+    const z = needF32(b, 'add', 'b');
+    const n = numel(x.shape);
+    if (numel(z.shape) !== n) throw new GravityError(`add: shapes ${shapeStr(x.shape)} and ${shapeStr(z.shape)} differ`);
+    const y = this.out([...x.shape]);
+    addKernel(this.ctx, x.buf, z.buf, y.buf, n);
+    return y;
+  }
+
+  swiglu(gate: Tensor, up: Tensor): Tensor {
+    const x = needF32(gate, 'swiglu', 'gate');
+    const z = needF32(up, 'swiglu', 'up');
+    const n = numel(x.shape);
+    if (numel(z.shape) !== n) throw new GravityError(`swiglu: shapes ${shapeStr(x.shape)} and ${shapeStr(z.shape)} differ`);
+    const y = this.out([...x.shape]);
+    swigluKernel(this.ctx, x.buf, z.buf, y.buf, n);
+    return y;
+  }
+
+  rope(x: Tensor, positions: Int32Array, heads: number, headDim: number, theta: number): Tensor {
+    const t = needF32(x, 'rope', 'x');
+    const [N, HD] = t.shape;
+    if (HD !== heads * headDim || positions.length !== N || headDim % 2 !== 0) {
+      throw new GravityError(`rope: x ${shapeStr(t.shape)} with ${positions.length} positions, ${heads} heads of ${headDim}`);
+    }
+    let maxPos = 0;
+    for (const p of positions) maxPos = Math.max(maxPos, Math.abs(p));
+    const table = this.ropeTable(headDim, theta, maxPos);
+    const y = this.out([N, HD]);
+    ropeKernel(this.ctx, t.buf, y.buf, positions, table, heads, headDim);
+    return y;
+  }
+
+  /** (cos, sin) [len, D/2] of HF's f32 angle pos * inv_freq, grown by doubling as positions grow. */
+  private ropeTable(D: number, theta: number, maxPos: number): GPUBuffer {
+    const key = `${D}:${theta}`;
+    const cur = this.ropeTables.get(key);
+    if (cur && maxPos < cur.len) return cur.buffer;
+    let len = Math.max(256, cur ? cur.len : 0);
+    while (len <= maxPos) len *= 2;
+    const inv = ropeInvFreq(D, theta);
+    const half = D / 2;
+    const data = new Float32Array(len * half * 2);
+    for (let p = 0; p < len; p++) {
+      for (let i = 0; i < half; i++) {
+        const a = Math.fround(p * inv[i]);
+        data[2 * (p * half + i)] = Math.cos(a);
+        data[2 * (p * half + i) + 1] = Math.sin(a);
+      }
+    }
+    if (cur) this.ctx.retire(cur.buffer);
+    const buffer = this.ctx.createFilled(data, `rope table [${len}, ${half}]`);
+    this.ropeTables.set(key, { buffer, len });
+    return buffer;
+  }
+
+  createKVCache(numLayers: number, batch: number, maxLen: number, numKVHeads: number, headDim: number): KVCache {
+    return new GpuKVCache(this.ctx, numLayers, batch, maxLen, numKVHeads, headDim);
+  }
+
+  private cache(c: KVCache): GpuKVCache {
+    if (!(c instanceof GpuKVCache)) throw new GravityError('WebGPU: KV cache does not belong to the webgpu backend');
+    return c;
+  }
+
+  writeKV(cache: KVCache, layer: number, k: Tensor, v: Tensor, start: number, T: number): void {
+    const c = this.cache(cache);
+    const kt = needF32(k, 'writeKV', 'k');
+    const vt = needF32(v, 'writeKV', 'v');
+    const want = c.batch * T * c.numKVHeads * c.headDim;
+    if (numel(kt.shape) !== want || numel(vt.shape) !== want) {
+      throw new GravityError(`writeKV: k ${shapeStr(kt.shape)} / v ${shapeStr(vt.shape)}, expected [${c.batch * T}, ${c.numKVHeads * c.headDim}]`);
+    }
+    writeKVKernel(this.ctx, c, layer, kt.buf, vt.buf, start, T);
+  }
+
+  attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor {
+    const c = this.cache(cache);
+    const qt = needF32(q, 'attention', 'q');
+    if (numel(qt.shape) !== c.batch * T * p.numHeads * p.headDim) {
+      throw new GravityError(`attention: q ${shapeStr(qt.shape)}, expected [${c.batch * T}, ${p.numHeads * p.headDim}]`);
+    }
+    if (layer < 0 || layer >= c.numLayers) throw new GravityError(`attention: layer ${layer} outside [0, ${c.numLayers})`);
+    const y = this.out([...qt.shape]);
+    attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, y.buf);
+    return y;
+  }
+
+  /** Debug path: reads q and the layer's keys back and uses the CPU code (identical semantics). */
+  async attentionProbs(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Promise<Float32Array> {
+    const c = this.cache(cache);
+    const L = c.layers[layer];
+    const slots = c.batch * c.numKVHeads * c.maxLen;
+    const qh = await this.read(q);
+    const k = new Float32Array(await this.ctx.readBuffer(L.k, 0, slots * c.headDim * 4));
+    // |k|² in f64 from the keys themselves, as the CPU cache keeps it
+    const D = c.headDim;
+    const kn = new Float64Array(slots);
+    for (let s = 0; s < slots; s++) {
+      let n = 0;
+      for (let d = 0; d < D; d++) n += k[s * D + d] * k[s * D + d];
+      kn[s] = n;
+    }
+    return cpuAttentionProbs(qh, { k, v: new Float32Array(0), kn }, c.keyValid, c.batch, T, start, c.maxLen, p);
+  }
+
+  async sync(): Promise<void> {
+    await this.ctx.sync();
+  }
+
+  /** Frees every GPU buffer and the device (tests, CLI exit). The backend is unusable afterwards. */
+  destroy(): void {
+    for (const t of this.ropeTables.values()) t.buffer.destroy();
+    this.ropeTables.clear();
+    this.ctx.destroy();
+  }
+}
+
+export interface WebGPUBackendOptions {
+  /** reserved: adapter selection is Dawn's default (high-performance) for now */
+  powerPreference?: 'high-performance' | 'low-power';
+}
+
+export async function createWebGPUBackend(_opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
+  const { device, adapterName, features } = await createDevice();
+  return new WebGPUBackend(new GpuContext(device), adapterName, features);
+}

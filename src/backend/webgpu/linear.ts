@@ -1,0 +1,152 @@
+/**
+ * y[N, OUT] = x[N, IN] · w[OUT, IN]^T (+ b), weights in their stored width.
+ *
+ * GEMV (N <= GEMV_MAX_N, decode): memory bound, so the point is reading w once, coalesced: 32 lanes walk one
+ * weight row along IN in vector loads (vec4<f32>, or vec4<u32> = 8 halves), each lane keeps N partial sums,
+ * and the 32 lanes reduce in workgroup memory. 8 rows per 256-thread workgroup.
+ *
+ * GEMM (prefill): 64x64 output tiles, 16-deep K slices staged in workgroup memory, 4x4 outputs per thread
+ * taken with stride 16 so that workgroup-memory reads do not collide and stores are coalesced.
+ */
+import { Params, type GpuContext } from './context.js';
+import { FLAT_WG, scalarLoad, vectorLoad, vecWidth, type WDType } from './wgsl.js';
+
+export const GEMV_MAX_N = 8;
+const LANES = 32;
+const ROWS = 8;
+
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): string {
+  const xDecl = vec
+    ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
+    : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
+  let body: string;
+  if (!vec) {
+    body = `for (var k = lane; k < p.IN; k += ${LANES}u) {
+      let wv = ld_w(o * p.IN + k);
+      for (var n = 0u; n < ${N}u; n++) { acc[n] += wv * x[n * p.IN + k]; }
+    }`;
+  } else if (dt === 'F32') {
+    body = `let K4 = p.IN / 4u;
+    for (var k = lane; k < K4; k += ${LANES}u) {
+      let wv = w[o * K4 + k];
+      for (var n = 0u; n < ${N}u; n++) { acc[n] += dot(wv, x[n * K4 + k]); }
+    }`;
+  } else {
+    body = `let K4 = p.IN / 4u;
+    let K8 = p.IN / 8u;
+    for (var k = lane; k < K8; k += ${LANES}u) {
+      let pk = w[o * K8 + k];
+      let a = lo_w(pk);
+      let b = hi_w(pk);
+      for (var n = 0u; n < ${N}u; n++) { acc[n] += dot(a, x[n * K4 + 2u * k]) + dot(b, x[n * K4 + 2u * k + 1u]); }
+    }`;
+  }
+  return `struct P { IN: u32, OUT: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${xDecl}
+${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+${bias ? scalarLoad('bias', 4, bias) : ''}
+var<workgroup> red: array<f32, ${N * LANES * ROWS}>;
+@compute @workgroup_size(${LANES * ROWS})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  let lane = lid % ${LANES}u;
+  let o = wg * ${ROWS}u + lid / ${LANES}u;
+  var acc: array<f32, ${N}>;
+  if (o < p.OUT) {
+    ${body}
+  }
+  for (var n = 0u; n < ${N}u; n++) { red[n * ${LANES * ROWS}u + lid] = acc[n]; }
+  workgroupBarrier();
+  for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      for (var n = 0u; n < ${N}u; n++) { red[n * ${LANES * ROWS}u + lid] += red[n * ${LANES * ROWS}u + lid + s]; }
+    }
+    workgroupBarrier();
+  }
+  if (lane == 0u && o < p.OUT) {
+    for (var n = 0u; n < ${N}u; n++) { y[n * p.OUT + o] = red[n * ${LANES * ROWS}u + lid]${bias ? ' + ld_bias(o)' : ''}; }
+  }
+}`;
+}
+
+const TM = 64;
+const TK = 16;
+
+function gemmShader(dt: WDType, bias: WDType | null): string {
+  return `struct P { N: u32, IN: u32, OUT: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+${scalarLoad('w', 2, dt)}
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+${bias ? scalarLoad('bias', 4, bias) : ''}
+var<workgroup> As: array<f32, ${TK * TM}>;   // [k][row of x]
+var<workgroup> Bs: array<f32, ${TK * TM}>;   // [k][row of w]
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
+  let o0 = wid.x * ${TM}u;
+  let m0 = wid.y * ${TM}u;
+  let tx = li.x;
+  let ty = li.y;
+  // loader: 4 consecutive threads read 16 consecutive k of one row
+  let lr = lid / 4u;
+  let lk = (lid % 4u) * 4u;
+  var acc: array<array<f32, 4>, 4>;
+  for (var k0 = 0u; k0 < p.IN; k0 += ${TK}u) {
+    for (var c = 0u; c < 4u; c++) {
+      let k = k0 + lk + c;
+      let xm = m0 + lr;
+      let wo = o0 + lr;
+      var av = 0.0;
+      var bv = 0.0;
+      if (k < p.IN) {
+        if (xm < p.N) { av = x[xm * p.IN + k]; }
+        if (wo < p.OUT) { bv = ld_w(wo * p.IN + k); }
+      }
+      As[(lk + c) * ${TM}u + lr] = av;
+      Bs[(lk + c) * ${TM}u + lr] = bv;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${TK}u; kk++) {
+      var a: array<f32, 4>;
+      var b: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) {
+        a[i] = As[kk * ${TM}u + ty + 16u * i];
+        b[i] = Bs[kk * ${TM}u + tx + 16u * i];
+      }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + ty + 16u * i;
+    if (m >= p.N) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let o = o0 + tx + 16u * j;
+      if (o < p.OUT) { y[m * p.OUT + o] = acc[i][j]${bias ? ' + ld_bias(o)' : ''}; }
+    }
+  }
+}`;
+}
+
+export function linearKernel(
+  ctx: GpuContext, x: GPUBuffer, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
+  y: GPUBuffer, N: number, IN: number, OUT: number,
+): void {
+  const binds = b ? [x, w, y, b] : [x, w, y];
+  const bias = b ? bdt : null;
+  if (N <= GEMV_MAX_N) {
+    const vec = IN % vecWidth(wdt) === 0;
+    const pl = ctx.pipeline(`gemv:${N}:${wdt}:${vec}:${bias}`, () => gemvShader(N, wdt, vec, bias));
+    ctx.dispatch(pl, new Params().u(IN, OUT), binds, ctx.grid(Math.ceil(OUT / ROWS)));
+    return;
+  }
+  const gx = Math.ceil(OUT / TM);
+  const gy = Math.ceil(N / TM);
+  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new Error(`linear: [${N}, ${OUT}] output is too large for one dispatch`);
+  const pl = ctx.pipeline(`gemm:${wdt}:${bias}`, () => gemmShader(wdt, bias));
+  ctx.dispatch(pl, new Params().u(N, IN, OUT), binds, [gx, gy]);
+}
