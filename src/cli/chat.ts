@@ -7,7 +7,7 @@ import { fail } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { parseCommand, str } from './args.js';
-import { loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
+import { chatEosIds, loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
 import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs } from './sampling-args.js';
 
 export const usage = `usage: gravity chat [--model DIR] [options]
@@ -37,6 +37,7 @@ export async function run(argv: string[]): Promise<number> {
     const out = process.stdout;
     const fresh = (): ChatMessage[] => (system !== undefined ? [{ role: 'system', content: system }] : []);
     let messages = fresh();
+    const eosTokenIds = chatEosIds(model, tok);
     const rl = createInterface({ input: process.stdin, output: tty ? out : undefined, terminal: tty });
     if (tty) out.write(`chatting with ${model.dir} (/reset, /exit)\n`);
     const ask = () => tty && rl.prompt();
@@ -60,7 +61,7 @@ export async function run(argv: string[]): Promise<number> {
       const res = await generate(model, prompt, {
         ...gen,
         tokenizer: tok,
-        eosTokenIds: model.eosTokenIds,
+        eosTokenIds,
         onToken: (t) => t.text && out.write(t.text),
       });
       out.write('\n');

@@ -2,7 +2,7 @@
 import { fail } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import { flag, parseCommand, parseIdList, str, UsageError } from './args.js';
-import { loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
+import { chatEosIds, loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
 import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs } from './sampling-args.js';
 
 export const usage = `usage: gravity generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]
@@ -44,6 +44,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const tok = tokenizerOf(model);
     let promptIds: number[];
+    let eosTokenIds = model.eosTokenIds;
     if (promptIdsArg) {
       promptIds = promptIdsArg;
     } else {
@@ -54,6 +55,7 @@ export async function run(argv: string[]): Promise<number> {
         const system = str(v, 'system');
         const messages = [...(system !== undefined ? [{ role: 'system', content: system }] : []), { role: 'user', content: text! }];
         promptIds = tok.encode(tok.applyChatTemplate(messages, { addGenerationPrompt: true }), { addSpecialTokens: false });
+        eosTokenIds = chatEosIds(model, tok);
       } else {
         promptIds = tok.encode(text!);
       }
@@ -66,7 +68,7 @@ export async function run(argv: string[]): Promise<number> {
     const res = await generate(model, promptIds, {
       ...gen,
       tokenizer: tok,
-      eosTokenIds: model.eosTokenIds,
+      eosTokenIds,
       onToken: json
         ? undefined
         : (t) => {

@@ -94,3 +94,14 @@ export function tokenizerOf(model: LoadedModel): TextTokenizer | null {
   const template = existsSync(jinja) ? readFileSync(jinja, 'utf8') : undefined;
   return TextTokenizer.fromObjects(model.tokenizerJson, model.tokenizerConfig, template);
 }
+
+/**
+ * Stop ids for chat-formatted prompts: the model's eos ids plus the tokenizer's eos token (<|im_end|> for Qwen
+ * chat models, whose base generation_config may list only <|endoftext|>), so an answer ends at its turn end.
+ */
+export function chatEosIds(model: LoadedModel, tok: TextTokenizer): number[] {
+  const ids = new Set(model.eosTokenIds);
+  const id = tok.eosToken !== null ? tok.tokenToId(tok.eosToken) : undefined;
+  if (id !== undefined && id < model.config.vocabSize) ids.add(id);
+  return [...ids];
+}
