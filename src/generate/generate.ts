@@ -14,7 +14,8 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** rng seed for sampling (default: random) */
   seed?: number;
-  /** ids that end generation (included in outputIds, like HF). Default: model.config.eosTokenIds. */
+  /** ids that end generation (included in outputIds, like HF). Default: the model's eosTokenIds (LoadedModel:
+   * generation_config.json), else config.eosTokenIds. */
   eosTokenIds?: readonly number[];
   /** strings that end generation; the text is cut before the stop string, which is never streamed. */
   stop?: readonly string[];
@@ -94,7 +95,9 @@ export async function* generateStream(
   const prefillChunk = opts.prefillChunk ?? 512;
   if (!Number.isInteger(prefillChunk) || prefillChunk < 1) fail(`prefill chunk must be >= 1, got ${prefillChunk}`);
   const sampler = new Sampler(opts);
-  const eos = new Set(opts.eosTokenIds ?? cfg.eosTokenIds);
+  // a LoadedModel knows generation_config.json's eos ids, which may differ from config.json's
+  const modelEos = (model as { eosTokenIds?: readonly number[] }).eosTokenIds;
+  const eos = new Set(opts.eosTokenIds ?? modelEos ?? cfg.eosTokenIds);
 
   const prompt = [...promptIds];
   const result: GenerateResult = { promptIds: prompt, outputIds: [], finishReason: 'length' };
