@@ -140,7 +140,8 @@ function argmax(logits: Float32Array): number {
 
 /**
  * The candidate set after temperature, top-k, top-p and min-p, with unnormalised weights, sorted by logit
- * descending. Exposed for tests: `ids` are exactly the tokens that keep a non-zero probability.
+ * descending (in vocabulary order when no filter is on). Exposed for tests: `ids` are exactly the tokens that
+ * keep a non-zero probability.
  */
 export function candidates(logitsIn: Float32Array, o: Required<SamplingOptions>): { ids: Int32Array; weights: Float64Array } {
   const V = logitsIn.length;
@@ -186,6 +187,12 @@ export function candidates(logitsIn: Float32Array, o: Required<SamplingOptions>)
   let ids = new Int32Array(n);
   n = 0;
   for (let i = 0; i < V; i++) if (logitsIn[i] >= kth && w[i] > 0 && w[i] >= floor) ids[n++] = i;
+  // Without filters nothing depends on the order: skip sorting the whole vocabulary (~40 ms for 151k).
+  if (o.topK === 0 && o.topP === 1 && o.minP === 0) {
+    const weights = new Float64Array(ids.length);
+    for (let j = 0; j < ids.length; j++) weights[j] = w[ids[j]];
+    return { ids, weights };
+  }
   // descending logit; ties by id so the order (and the draw) is deterministic
   ids.sort((a, b) => logitsIn[b] - logitsIn[a] || a - b);
 
