@@ -133,6 +133,10 @@ for (const [name, make] of engines) {
         }
         e.release(pw);
       }
+    if (name === 'wasm t2') {
+      const chunks = (e as unknown as { workerChunks(): number }).workerChunks();
+      assert.ok(chunks > 0, 'the worker thread computed no chunk: the 2-thread results did not test it');
+    }
     e.close();
   });
 }

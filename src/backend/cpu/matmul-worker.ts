@@ -5,7 +5,12 @@ import type { Worker as NodeWorker, MessagePort as NodeMessagePort } from 'node:
 
 type WorkerThreads = typeof import('node:worker_threads');
 
-/** Control block (Int32 slots). Pointers above 2 GiB wrap negative here; the kernels read them as u32. */
+/** Work is handed out in chunks claimed with Atomics.add, so a worker that the OS does not schedule in time
+ * (the machine is shared) costs nothing: the main thread claims the rest, closes the job, and waits only for
+ * the workers that joined it. A worker joins by a compare-exchange on JOIN while the job is open; the job's
+ * fields are not rewritten until every joined worker has reported, so a joined worker always reads one job.
+ *
+ * Control block (Int32 slots). Pointers above 2 GiB wrap negative here; the kernels read them as u32. */
 export const CTL = {
   GEN: 0, // bumped by the main thread for each job
   DONE: 1, // workers that finished the current job
@@ -20,7 +25,12 @@ export const CTL = {
   BIAS: 10,
   Y: 11, // y (forward) or dx (backward)
   ERR: 12, // set to 1 by a worker whose kernel threw
-  RANGES: 16, // [r0, r1] per thread, thread 0 = main
+  TOTAL: 13, // rows (forward) or columns (backward) to compute
+  CHUNK: 14, // claimed per grab, a multiple of the kernel's tile width
+  NEXT: 15, // next unclaimed row / column
+  JOIN: 16, // workers that joined the current job, -1 once the main thread has closed it
+  WORKER_CHUNKS: 17, // chunks computed by workers since start (for tests and benchmarks)
+  SIZE: 18,
 } as const;
 
 /** Busy-poll this many times before sleeping: a decode step issues ~170 matmuls back to back and the
@@ -31,7 +41,7 @@ const SPIN = 20000;
 // and from dist/ without resolving a file path.
 const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { module, ctlBuf, port, index } = workerData;
+const { module, ctlBuf, port } = workerData;
 const ctl = new Int32Array(ctlBuf);
 const kernels = [];
 let seen = 0;
@@ -40,6 +50,13 @@ for (;;) {
   for (let s = 0; g === seen && s < ${SPIN}; s++) g = Atomics.load(ctl, ${CTL.GEN});
   while (g === seen) { Atomics.wait(ctl, ${CTL.GEN}, seen); g = Atomics.load(ctl, ${CTL.GEN}); }
   seen = g;
+  let joined = false;
+  for (;;) {
+    const j = Atomics.load(ctl, ${CTL.JOIN});
+    if (j < 0) break;
+    if (Atomics.compareExchange(ctl, ${CTL.JOIN}, j, j + 1) === j) { joined = true; break; }
+  }
+  if (!joined) continue; // too late: the main thread already did this job
   const op = ctl[${CTL.OP}];
   if (op < 0) break;
   try {
@@ -51,10 +68,14 @@ for (;;) {
       else if (tries > 1e7) throw new Error('matmul worker: arena ' + a + ' never arrived');
     }
     const k = kernels[a];
-    const r0 = ctl[${CTL.RANGES} + 2 * index], r1 = ctl[${CTL.RANGES} + 2 * index + 1];
-    if (r1 > r0) {
+    const total = ctl[${CTL.TOTAL}], chunk = ctl[${CTL.CHUNK}];
+    for (;;) {
+      const r0 = Atomics.add(ctl, ${CTL.NEXT}, chunk);
+      if (r0 >= total) break;
+      const r1 = Math.min(r0 + chunk, total);
       if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1);
       else k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
+      Atomics.add(ctl, ${CTL.WORKER_CHUNKS}, 1);
     }
   } catch (e) {
     Atomics.store(ctl, ${CTL.ERR}, 1);
@@ -70,14 +91,14 @@ export class ThreadPool {
   private readonly ports: NodeMessagePort[] = [];
   private closed = false;
 
-  /** nWorkers helpers besides the main thread; thread index t in [1, nWorkers]. */
+  /** nWorkers helpers besides the main thread. */
   constructor(wt: WorkerThreads, module: WebAssembly.Module, readonly nWorkers: number) {
-    this.ctl = new Int32Array(new SharedArrayBuffer((CTL.RANGES + 2 * (nWorkers + 1)) * 4));
+    this.ctl = new Int32Array(new SharedArrayBuffer(CTL.SIZE * 4));
     for (let t = 1; t <= nWorkers; t++) {
       const { port1, port2 } = new wt.MessageChannel();
       const w = new wt.Worker(WORKER_SOURCE, {
         eval: true,
-        workerData: { module, ctlBuf: this.ctl.buffer, port: port2, index: t },
+        workerData: { module, ctlBuf: this.ctl.buffer, port: port2 },
         transferList: [port2],
       });
       // helpers sleep in Atomics.wait between jobs: they must not keep the process alive
@@ -93,24 +114,35 @@ export class ThreadPool {
     for (const p of this.ports) p.postMessage({ id, memory });
   }
 
-  /** Runs the job already written into ctl (fields and ranges) on the workers while `own` runs here. */
-  run(own: () => void): void {
+  /** Runs the job whose fields are already in ctl over [0, total) in chunks; `own(r0, r1)` computes a chunk
+   * on this thread. Returns when every chunk is done. */
+  run(total: number, chunk: number, own: (r0: number, r1: number) => void): void {
     const ctl = this.ctl;
+    ctl[CTL.TOTAL] = total;
+    ctl[CTL.CHUNK] = chunk;
+    Atomics.store(ctl, CTL.NEXT, 0);
     Atomics.store(ctl, CTL.DONE, 0);
     Atomics.store(ctl, CTL.ERR, 0);
+    Atomics.store(ctl, CTL.JOIN, 0);
     Atomics.add(ctl, CTL.GEN, 1);
     Atomics.notify(ctl, CTL.GEN);
     let error: unknown = null;
     try {
-      own();
+      for (;;) {
+        const r0 = Atomics.add(ctl, CTL.NEXT, chunk);
+        if (r0 >= total) break;
+        own(r0, Math.min(r0 + chunk, total));
+      }
     } catch (e) {
       error = e;
+      Atomics.store(ctl, CTL.NEXT, total); // stop the workers claiming more
     }
-    // the workers write into the same scratch memory: wait for them even if our share failed
+    // every chunk is claimed; close the job and wait for the workers that joined (they share the scratch)
+    const joined = Atomics.exchange(ctl, CTL.JOIN, -1);
     let spins = 0;
     for (;;) {
       const d = Atomics.load(ctl, CTL.DONE);
-      if (d >= this.nWorkers) break;
+      if (d >= joined) break;
       if (spins++ < SPIN) continue;
       Atomics.wait(ctl, CTL.DONE, d, 50);
     }
@@ -122,6 +154,7 @@ export class ThreadPool {
     if (this.closed) return;
     this.closed = true;
     Atomics.store(this.ctl, CTL.OP, -1);
+    Atomics.store(this.ctl, CTL.JOIN, 0);
     Atomics.add(this.ctl, CTL.GEN, 1);
     Atomics.notify(this.ctl, CTL.GEN);
     for (const p of this.ports) p.close();

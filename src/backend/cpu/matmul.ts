@@ -149,29 +149,17 @@ function wasmModule(): WebAssembly.Module {
   return cachedModule;
 }
 
-/** Splits [0, total) into `parts` ranges whose boundaries are multiples of `step` (the kernels' tile width). */
-function split(total: number, parts: number, step: number, ctl: Int32Array): void {
-  const blocks = Math.ceil(total / step);
-  let start = 0;
-  for (let t = 0; t < parts; t++) {
-    const end = Math.min(total, Math.round((blocks * (t + 1)) / parts) * step);
-    ctl[CTL.RANGES + 2 * t] = start;
-    ctl[CTL.RANGES + 2 * t + 1] = end;
-    start = end;
-  }
-}
-
 class WasmEngine implements MatmulEngine {
   readonly kind = 'wasm-simd' as const;
   private readonly arenas: Arena[] = [];
   private readonly pool: ThreadPool | null;
-  /** job fields for the single-thread path share the pool's layout */
+  /** the pool's control block (a private dummy without workers) */
   private readonly ctl: Int32Array;
 
   constructor(private readonly module: WebAssembly.Module, readonly threads: number, private readonly threshold: number) {
     this.pool = threads > 1 && workerThreads ? new ThreadPool(workerThreads, module, threads - 1) : null;
     if (!this.pool) this.threads = 1;
-    this.ctl = this.pool ? this.pool.ctl : new Int32Array(CTL.RANGES + 2);
+    this.ctl = this.pool ? this.pool.ctl : new Int32Array(CTL.SIZE);
   }
 
   prepare(w: HostTensor): PreparedWeight {
@@ -281,15 +269,17 @@ class WasmEngine implements MatmulEngine {
     ctl[CTL.OUT] = w.rows;
     ctl[CTL.BIAS] = bias;
     ctl[CTL.Y] = y;
-    split(total, this.threads, step, ctl);
-    const r0 = ctl[CTL.RANGES];
-    const r1 = ctl[CTL.RANGES + 1];
-    this.pool!.run(() => {
-      if (r1 > r0) {
-        if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, r0, r1);
-        else k.bwd(dt, a, N, w.off, w.cols, w.rows, y, r0, r1);
-      }
+    // ~4 chunks per thread: small enough to rebalance when a thread is descheduled, big enough to stream rows
+    const chunk = Math.ceil(total / (4 * this.threads) / step) * step;
+    this.pool!.run(total, chunk, (r0, r1) => {
+      if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, r0, r1);
+      else k.bwd(dt, a, N, w.off, w.cols, w.rows, y, r0, r1);
     });
+  }
+
+  /** Chunks the worker threads have computed so far (not part of MatmulEngine: tests check the workers work). */
+  workerChunks(): number {
+    return this.pool ? Atomics.load(this.ctl, CTL.WORKER_CHUNKS) : 0;
   }
 
   close(): void {
