@@ -104,8 +104,14 @@ const NS = [1, 3, 17, 64];
 const DTYPES: WDtype[] = ['F32', 'BF16', 'F16', 'F64'];
 
 for (const [name, make] of engines) {
-  test(`matmul ${name}: linear and linearBackwardInput match a float64 reference`, () => {
+  test(`matmul ${name}: linear and linearBackwardInput match a float64 reference`, async () => {
     const e = make();
+    if (name === 'wasm t2') {
+      // calls never wait for a worker to boot; wait here so the worker's share is really tested
+      const ready = () => (e as unknown as { workersReady(): number }).workersReady();
+      for (let i = 0; i < 500 && ready() < 1; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(ready(), 1, 'the worker thread did not start within 5 s');
+    }
     if (name !== 'js') assert.equal(e.kind, 'wasm-simd');
     assert.equal(e.threads, name === 'wasm t2' ? 2 : 1);
     let seed = 1;

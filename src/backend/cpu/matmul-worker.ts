@@ -30,7 +30,8 @@ export const CTL = {
   NEXT: 15, // next unclaimed row / column
   JOIN: 16, // workers that joined the current job, -1 once the main thread has closed it
   WORKER_CHUNKS: 17, // chunks computed by workers since start (for tests and benchmarks)
-  SIZE: 18,
+  READY: 18, // workers that have started
+  SIZE: 19,
 } as const;
 
 /** Busy-poll this many times before sleeping: a decode step issues ~170 matmuls back to back and the
@@ -45,6 +46,7 @@ const { module, ctlBuf, port } = workerData;
 const ctl = new Int32Array(ctlBuf);
 const kernels = [];
 let seen = 0;
+Atomics.add(ctl, ${CTL.READY}, 1);
 for (;;) {
   let g = Atomics.load(ctl, ${CTL.GEN});
   for (let s = 0; g === seen && s < ${SPIN}; s++) g = Atomics.load(ctl, ${CTL.GEN});

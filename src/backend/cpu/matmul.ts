@@ -44,8 +44,19 @@ export interface MatmulOptions {
 
 type WorkerThreads = typeof import('node:worker_threads');
 // Node modules are optional so the file also loads in a browser (no workers there: one thread or 'js').
-const workerThreads: WorkerThreads | null = await import('node:worker_threads').catch(() => null);
-const nodeOs: typeof import('node:os') | null = await import('node:os').catch(() => null);
+// process.getBuiltinModule (Node >= 20.16) keeps this synchronous: a top-level await would stop the module
+// from loading wherever it is required as CommonJS.
+type NodeProcess = { getBuiltinModule?(id: string): unknown };
+const nodeProcess = (globalThis as { process?: NodeProcess }).process;
+function builtin<T>(id: string): T | null {
+  try {
+    return (nodeProcess?.getBuiltinModule?.(id) as T | undefined) ?? null;
+  } catch {
+    return null;
+  }
+}
+const workerThreads = builtin<WorkerThreads>('node:worker_threads');
+const nodeOs = builtin<typeof import('node:os')>('node:os');
 
 const DT_CODE = { F32: 0, BF16: 1, F16: 2 } as const;
 
@@ -280,6 +291,11 @@ class WasmEngine implements MatmulEngine {
   /** Chunks the worker threads have computed so far (not part of MatmulEngine: tests check the workers work). */
   workerChunks(): number {
     return this.pool ? Atomics.load(this.ctl, CTL.WORKER_CHUNKS) : 0;
+  }
+
+  /** Worker threads that have started (they boot in the background; calls never wait for them). */
+  workersReady(): number {
+    return this.pool ? Atomics.load(this.ctl, CTL.READY) : 0;
   }
 
   close(): void {
