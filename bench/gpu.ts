@@ -1,0 +1,149 @@
+/**
+ * GPU benchmark (run on the GPU machine, after reference/bench_torch.py wrote the checkpoint and its timings):
+ *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
+ * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
+ */
+import * as fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { loadModel } from '../src/model/load.js';
+import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
+import { attentionParams } from '../src/attention/registry.js';
+import type { AttentionKind } from '../src/backend/backend.js';
+import { loadCheckpointFiles } from '../src/io/checkpoint.js';
+import { DTYPE_BYTES, numel } from '../src/tensor/dtype.js';
+
+const { values } = parseArgs({
+  options: {
+    dir: { type: 'string' },
+    torch: { type: 'string' },
+    prefill: { type: 'string', default: '512,2048,8192' },
+    'attn-lens': { type: 'string', default: '1024,4096,16384' },
+    decode: { type: 'string', default: '64' },
+    skip: { type: 'string', default: '' },
+  },
+});
+const torch = values.torch && fs.existsSync(values.torch) ? JSON.parse(fs.readFileSync(values.torch, 'utf8')) : null;
+const skip = new Set(values.skip!.split(','));
+const be = (await createWebGPUBackend()) as WebGPUBackend;
+const device = be.ctx.device;
+const rows: string[][] = [];
+const log = (...a: unknown[]) => console.error(...a);
+
+/** read+write bandwidth of a plain vec4 copy kernel: the roofline's denominator */
+async function copyBandwidth(): Promise<number> {
+  const bytes = 1 << 30;
+  const mk = () => device.createBuffer({ size: bytes, usage: 0x80 /* STORAGE */ });
+  const a = mk();
+  const b = mk();
+  const mod = device.createShaderModule({
+    code: `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+  let i = g.x + g.y * n.x * 256u;
+  if (i < arrayLength(&src)) { dst[i] = src[i]; }
+}`,
+  });
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: mod, entryPoint: 'main' } });
+  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: a } }, { binding: 1, resource: { buffer: b } }] });
+  const groups = bytes / 16 / 256;
+  const run = async (reps: number) => {
+    const enc = device.createCommandEncoder();
+    for (let r = 0; r < reps; r++) {
+      const p = enc.beginComputePass();
+      p.setPipeline(pipe);
+      p.setBindGroup(0, bg);
+      p.dispatchWorkgroups(4096, groups / 4096);
+      p.end();
+    }
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+  };
+  await run(2);
+  const t = performance.now();
+  await run(20);
+  const s = (performance.now() - t) / 1000;
+  a.destroy();
+  b.destroy();
+  return (2 * bytes * 20) / s;
+}
+
+const bw = await copyBandwidth();
+log(`copy bandwidth ${(bw / 1e12).toFixed(2)} TB/s`);
+
+// fused attention, one layer of the 3B shape: 16 q heads, 2 KV heads, head_dim 128, causal
+if (!skip.has('attn')) {
+  const Hq = 16, Hkv = 2, D = 128;
+  const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as any;
+  const mass = new Float32Array(Hq).map((_, i) => -0.5 + (2.5 * i) / Hq);
+  for (const n of values['attn-lens']!.split(',').map(Number)) {
+    const rnd = (len: number, s: number) => { const x = new Float32Array(len); for (let i = 0; i < len; i++) x[i] = (Math.sin(i * 12.9898 + s) * 43758.5453 % 1) * s; return x; };
+    const q = be.fromF32(rnd(n * Hq * D, 0.1), [n, Hq * D]);
+    const k = be.fromF32(rnd(n * Hkv * D, 0.1), [n, Hkv * D]);
+    const v = be.fromF32(rnd(n * Hkv * D, 1), [n, Hkv * D]);
+    const cache = be.createKVCache(1, 1, n, Hkv, D);
+    cache.keyValid.fill(1);
+    be.writeKV(cache, 0, k, v, 0, n);
+    cache.length = n;
+    const res: Record<string, number> = {};
+    for (const kind of ['gravity', 'dot'] as AttentionKind[]) {
+      const p = attentionParams(kind, cfg, mass, 0.1);
+      be.dispose(be.attention(q, cache, 0, 0, n, p));
+      await be.sync();
+      const reps = n >= 16384 ? 3 : 10;
+      const t = performance.now();
+      for (let r = 0; r < reps; r++) be.dispose(be.attention(q, cache, 0, 0, n, p));
+      await be.sync();
+      res[kind] = (performance.now() - t) / reps;
+    }
+    const pt = torch?.attn_ms?.[n] ?? null;
+    rows.push([`attention fwd ${n} tok (ms)`, res.gravity.toFixed(3), res.dot.toFixed(3), pt === null ? 'n/a' : String(pt),
+      pt === null ? '' : `${(pt / res.gravity).toFixed(2)}x faster; gravity/dot time ${(res.gravity / res.dot).toFixed(2)}`]);
+    log(rows[rows.length - 1].join(' | '));
+    for (const t of [q, k, v]) be.dispose(t);
+    (be as any).dispose(cache);
+  }
+}
+
+if (values.dir) {
+  const t0 = performance.now();
+  const model = await loadModel(values.dir, { backend: be });
+  log(`loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const files = loadCheckpointFiles(values.dir);
+  let weightBytes = 0;
+  for (const name of files.weights.names()) {
+    const info = files.weights.info(name);
+    if (name === 'model.embed_tokens.weight' && !model.config.tieWordEmbeddings) continue; // only one row is read per token
+    weightBytes += numel(info.shape) * DTYPE_BYTES[info.dtype];
+  }
+  files.weights.close();
+  const ids = (n: number, s: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + s * 104729) % 29000));
+  for (const n of values.prefill!.split(',').map(Number)) {
+    const run = async () => { const s = model.newSession(1, n); const t = performance.now(); await model.forward(s, [ids(n, n)]); return performance.now() - t; };
+    await run();
+    const ms = Math.min(await run(), await run());
+    const pt = torch?.prefill_ms?.[n] ?? null;
+    rows.push([`prefill ${n} tok (ms)`, ms.toFixed(1), '', pt === null ? 'n/a' : String(pt), pt === null ? '' : `${(pt / ms).toFixed(2)}x`]);
+    log(rows[rows.length - 1].join(' | '));
+  }
+  const nDec = Number(values.decode);
+  for (const kind of ['gravity', 'dot'] as AttentionKind[]) {
+    model.attention = kind;
+    const s = model.newSession(1, 512 + nDec + 8);
+    let logits = await model.forward(s, [ids(512, 3)]);
+    const argmax = (x: Float32Array) => { let b = 0; for (let i = 1; i < x.length; i++) if (x[i] > x[b]) b = i; return b; };
+    const t = performance.now();
+    for (let i = 0; i < nDec; i++) logits = await model.forward(s, [[argmax(logits)]]);
+    const tps = nDec / ((performance.now() - t) / 1000);
+    const pt = torch?.decode_tok_s ?? null;
+    const roof = bw / weightBytes;
+    rows.push([`decode after 512, ${kind} (tok/s)`, tps.toFixed(1), '', kind === 'gravity' && pt !== null ? String(pt) : '',
+      `${kind === 'gravity' && pt !== null ? `${(tps / pt).toFixed(2)}x; ` : ''}${((100 * tps) / roof).toFixed(0)}% of roofline (${roof.toFixed(0)} tok/s at ${(bw / 1e12).toFixed(2)} TB/s, ${(weightBytes / 2 ** 30).toFixed(2)} GiB/token)`]);
+    log(rows[rows.length - 1].join(' | '));
+  }
+}
+
+console.log(`\nWebGPU (${be.adapterName}) vs PyTorch ${torch?.torch ?? ''} + transformers ${torch?.transformers ?? ''} eager gravity on ${torch?.device ?? 'same card'}; copy kernel ${(bw / 1e12).toFixed(2)} TB/s`);
+console.log('| measure | ours (gravity) | ours (dot) | PyTorch eager gravity | ratio |');
+console.log('|---|---|---|---|---|');
+for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+process.exit(0);
