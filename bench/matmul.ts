@@ -51,6 +51,9 @@ const budget = quick ? 0.15 : 0.5;
 const weights = shapes.map(([, IN, OUT]) => randBf16(OUT, IN));
 for (const [ename, make] of engines) {
   const e = make();
+  // workers boot in the background; time them only once they are up
+  const ready = (e as unknown as { workersReady?(): number }).workersReady;
+  while (ready && ready.call(e) < e.threads - 1) await new Promise((r) => setTimeout(r, 10));
   for (let s = 0; s < shapes.length; s++) {
     const [sname, IN, OUT] = shapes[s];
     const pw = e.prepare(weights[s]);
