@@ -1,0 +1,316 @@
+/**
+ * WebGPU backend against straightforward CPU references, on whatever adapter Dawn finds (in CI: Mesa's
+ * llvmpipe, installed by scripts/install-vulkan.sh). F16/BF16 weights go through the packed-u32 path the
+ * NVIDIA driver needs (the kernels never use shader-f16). No adapter = failure, not a skip.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createWebGPUBackend, webgpuAvailable, type WebGPUBackend } from '../src/backend/webgpu/index.js';
+import type { AttentionParams, Tensor } from '../src/backend/backend.js';
+import { fromF32, toF32, type DType, type HostTensor } from '../src/tensor/dtype.js';
+import { ropeForward, ropeInvFreq } from '../src/backend/cpu/ops.js';
+import { attentionForward, attentionProbs, type CpuKVLayer } from '../src/backend/cpu/attention.js';
+import { GravityError } from '../src/errors.js';
+
+let be: WebGPUBackend;
+
+before(async () => {
+  be = await createWebGPUBackend();
+});
+after(() => be?.destroy());
+
+/** deterministic uniform values in [-1, 1) */
+function rand(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/** max |got - want| / max |want| */
+function relErr(got: Float32Array, want: ArrayLike<number>): number {
+  assert.equal(got.length, want.length, 'length');
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < got.length; i++) {
+    if (!Number.isFinite(got[i])) return Infinity;
+    num = Math.max(num, Math.abs(got[i] - want[i]));
+    den = Math.max(den, Math.abs(want[i]));
+  }
+  return den === 0 ? num : num / den;
+}
+
+function close(got: Float32Array, want: ArrayLike<number>, what: string, tol = 1e-4): void {
+  const e = relErr(got, want);
+  if (process.env.WEBGPU_TEST_VERBOSE) console.log(`${what}: ${e.toExponential(2)}`);
+  assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
+}
+
+/** a weight in the given width, and its exact f32 values (what the kernel must compute with) */
+function weight(values: Float32Array, shape: number[], dt: DType): { host: HostTensor; f32: Float32Array } {
+  const host = fromF32(values, shape, dt);
+  return { host, f32: toF32(host) };
+}
+
+const DTYPES: DType[] = ['F32', 'F16', 'BF16'];
+
+describe('webgpu backend', () => {
+  test('adapter is found', async () => {
+    assert.equal(await webgpuAvailable(), true);
+    assert.equal(be.name, 'webgpu');
+  });
+
+  test('upload / read round trip in every width, odd length', async () => {
+    const v = rand(7, 1);
+    for (const dt of DTYPES) {
+      const w = weight(v, [7], dt);
+      const t = be.upload(w.host);
+      assert.equal(t.dtype, dt);
+      assert.deepEqual(await be.read(t), w.f32);
+      be.dispose(t);
+    }
+  });
+
+  test('linear: GEMV and GEMM paths, F32/F16/BF16, odd sizes, with and without bias', async () => {
+    // each distinct (path, N, width, bias) is its own pipeline, and llvmpipe takes ~1 s to compile one, so the
+    // cases cover every path, width and bias form without the full cross product
+    type Case = { N: number; IN: number; OUT: number; dt: DType; bias: DType | null };
+    const cases: Case[] = [
+      { N: 1, IN: 64, OUT: 67, dt: 'F32', bias: null }, // gemv, vector loads
+      { N: 1, IN: 64, OUT: 67, dt: 'BF16', bias: 'BF16' },
+      { N: 1, IN: 64, OUT: 67, dt: 'F16', bias: null },
+      { N: 3, IN: 37, OUT: 5, dt: 'F16', bias: 'F16' }, // gemv, scalar loads (odd IN)
+      { N: 3, IN: 37, OUT: 5, dt: 'BF16', bias: null },
+      { N: 8, IN: 72, OUT: 33, dt: 'F32', bias: 'BF16' }, // gemv at its largest N; 72 % 8 = 0, 72 % 16 != 0
+      { N: 9, IN: 37, OUT: 67, dt: 'BF16', bias: 'BF16' }, // gemm, everything ragged
+      { N: 70, IN: 64, OUT: 130, dt: 'F16', bias: null }, // gemm, several tiles each way
+      { N: 70, IN: 64, OUT: 130, dt: 'F32', bias: 'F32' },
+    ];
+    let seed = 10;
+    for (const { N, IN, OUT, dt, bias } of cases) {
+      {
+        {
+          const withBias = bias !== null;
+          const x = rand(N * IN, seed++);
+          const w = weight(rand(OUT * IN, seed++), [OUT, IN], dt);
+          const b = bias ? weight(rand(OUT, seed++), [OUT], bias) : null;
+          const want = new Float64Array(N * OUT);
+          for (let n = 0; n < N; n++) for (let o = 0; o < OUT; o++) {
+            let s = b ? b.f32[o] : 0;
+            for (let k = 0; k < IN; k++) s += x[n * IN + k] * w.f32[o * IN + k];
+            want[n * OUT + o] = s;
+          }
+          const xt = be.fromF32(x, [N, IN]);
+          const wt = be.upload(w.host, 'linear');
+          const bt = b ? be.upload(b.host) : null;
+          const y = be.linear(xt, wt, bt);
+          assert.deepEqual(y.shape, [N, OUT]);
+          close(await be.read(y), want, `linear N=${N} IN=${IN} OUT=${OUT} ${dt} bias=${withBias}`);
+          for (const t of [xt, wt, y, ...(bt ? [bt] : [])]) be.dispose(t);
+        }
+      }
+    }
+  });
+
+  test('rmsnorm, add, swiglu', async () => {
+    const N = 3;
+    const C = 300; // more than one 256-thread pass per row
+    const x = rand(N * C, 31, 3);
+    for (const dt of DTYPES) {
+      const w = weight(rand(C, 32), [C], dt);
+      const want = new Float64Array(N * C);
+      for (let n = 0; n < N; n++) {
+        let ss = 0;
+        for (let i = 0; i < C; i++) ss += x[n * C + i] ** 2;
+        const r = 1 / Math.sqrt(ss / C + 1e-6);
+        for (let i = 0; i < C; i++) want[n * C + i] = x[n * C + i] * r * w.f32[i];
+      }
+      const y = be.rmsnorm(be.fromF32(x, [N, C]), be.upload(w.host), 1e-6);
+      close(await be.read(y), want, `rmsnorm ${dt}`);
+    }
+    const n = 1000;
+    const a = rand(n, 33, 12);
+    const b = rand(n, 34, 2);
+    const at = be.fromF32(a, [n]);
+    const bt = be.fromF32(b, [n]);
+    close(await be.read(be.add(at, bt)), Array.from(a, (v, i) => v + b[i]), 'add');
+    close(await be.read(be.swiglu(at, bt)), Array.from(a, (v, i) => (v / (1 + Math.exp(-v))) * b[i]), 'swiglu');
+  });
+
+  test('embedding in every width, gatherRows', async () => {
+    const V = 11;
+    const C = 13;
+    const ids = Int32Array.from([3, 0, 10, 3, 7]);
+    for (const dt of DTYPES) {
+      const tb = weight(rand(V * C, 40), [V, C], dt);
+      const want = new Float32Array(ids.length * C);
+      ids.forEach((id, n) => want.set(tb.f32.subarray(id * C, id * C + C), n * C));
+      const y = be.embedding(ids, be.upload(tb.host));
+      assert.deepEqual(await be.read(y), want, `embedding ${dt}`);
+    }
+    const x = rand(6 * C, 41);
+    const rows = Int32Array.from([5, 1]);
+    const g = be.gatherRows(be.fromF32(x, [6, C]), rows);
+    assert.deepEqual(await be.read(g), Float32Array.from([...x.subarray(5 * C, 6 * C), ...x.subarray(C, 2 * C)]));
+    assert.throws(() => be.embedding(Int32Array.from([V]), be.upload(weight(rand(V * C, 1), [V, C], 'F32').host)), GravityError);
+  });
+
+  test('rope: HF rotate_half, large and negative positions, matches the cpu code', async () => {
+    const H = 3;
+    const D = 8;
+    const pos = Int32Array.from([0, 1, 7, 5000, -3, 40000]);
+    const N = pos.length;
+    const x = rand(N * H * D, 50);
+    const want = new Float32Array(N * H * D);
+    ropeForward(want, x, pos, H, D, ropeInvFreq(D, 1e6));
+    const y = be.rope(be.fromF32(x, [N, H * D]), pos, H, D, 1e6);
+    close(await be.read(y), want, 'rope', 2e-6);
+    // independent check of the convention on one pair: position 1, i = 0 has angle 1 rad
+    const one = be.rope(be.fromF32(Float32Array.from([1, 0, 0, 0, 0, 0, 0, 0]), [1, 8]), Int32Array.from([1]), 1, 8, 10000);
+    const r = await be.read(one);
+    assert.ok(Math.abs(r[0] - Math.cos(1)) < 1e-6 && Math.abs(r[4] - Math.sin(1)) < 1e-6, `rope pair: ${r}`);
+  });
+
+  test('many dispatches across submits keep per-dispatch data apart', async () => {
+    // 150 ropes with different positions: the parameter arena is flushed several times along the way
+    const H = 2;
+    const D = 4;
+    let x = rand(3 * H * D, 60);
+    let t: Tensor = be.fromF32(x, [3, H * D]);
+    const inv = ropeInvFreq(D, 100);
+    for (let i = 0; i < 150; i++) {
+      const pos = Int32Array.from([i, 2 * i, 3 + i]);
+      const next = be.rope(t, pos, H, D, 100);
+      be.dispose(t);
+      t = next;
+      const y = new Float32Array(x.length);
+      ropeForward(y, x, pos, H, D, inv);
+      x = y;
+    }
+    close(await be.read(t), x, 'chained rope', 1e-4);
+  });
+
+  describe('attention', () => {
+    /** host mirror of the cache, in the cpu backend's layout */
+    function hostLayer(B: number, Hkv: number, maxLen: number, D: number): CpuKVLayer {
+      const n = B * Hkv * maxLen;
+      return { k: new Float32Array(n * D), v: new Float32Array(n * D), kn: new Float64Array(n) };
+    }
+    function hostWrite(L: CpuKVLayer, k: Float32Array, v: Float32Array, B: number, T: number, Hkv: number, D: number, maxLen: number, start: number): void {
+      for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) for (let h = 0; h < Hkv; h++) {
+        const src = ((b * T + t) * Hkv + h) * D;
+        const slot = (b * Hkv + h) * maxLen + start + t;
+        L.k.set(k.subarray(src, src + D), slot * D);
+        L.v.set(v.subarray(src, src + D), slot * D);
+        let s = 0;
+        for (let d = 0; d < D; d++) s += k[src + d] * k[src + d];
+        L.kn[slot] = s;
+      }
+    }
+
+    const shapes = [
+      { Hq: 4, Hkv: 2, D: 16, label: 'GQA 4/2' },
+      { Hq: 3, Hkv: 3, D: 8, label: 'MHA 3' },
+    ];
+    for (const kind of ['gravity', 'dot'] as const) {
+      for (const { Hq, Hkv, D, label } of shapes) {
+        test(`${kind} ${label}: padded batch of 2, prefill, chunked prefill, decode (split-K)`, async () => {
+          const B = 2;
+          const maxLen = 160;
+          const pad = 3; // sequence 1 starts with 3 padding slots
+          const p: AttentionParams = {
+            kind, numHeads: Hq, numKVHeads: Hkv, headDim: D,
+            massSq: kind === 'gravity' ? Float32Array.from({ length: Hq }, (_, h) => 0.5 + 0.7 * h) : null,
+            eps: 0.1, scale: 1 / Math.sqrt(D),
+          };
+          const layers = 2;
+          const cache = be.createKVCache(layers, B, maxLen, Hkv, D);
+          const host = [hostLayer(B, Hkv, maxLen, D), hostLayer(B, Hkv, maxLen, D)];
+          let seed = 100 + Hq * 7 + (kind === 'dot' ? 1 : 0);
+          // prefill 13, chunk of 5, a long chunk to push decode past 64 keys per split, then 3 decode steps
+          const steps = [13, 5, 120, 1, 1, 1];
+          let start = 0;
+          for (const T of steps) {
+            for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) cache.keyValid[b * maxLen + start + t] = b === 1 && start + t < pad ? 0 : 1;
+            const layer = T === 1 ? 1 : start % 2; // both layers get used; decode goes to layer 1
+            const scaleQK = kind === 'gravity' ? 0.6 : 1.5;
+            const q = rand(B * T * Hq * D, seed++, scaleQK);
+            const k = rand(B * T * Hkv * D, seed++, scaleQK);
+            const v = rand(B * T * Hkv * D, seed++);
+            const kt = be.fromF32(k, [B * T, Hkv * D]);
+            const vt = be.fromF32(v, [B * T, Hkv * D]);
+            const qt = be.fromF32(q, [B * T, Hq * D]);
+            if (T === 1 && start === steps.slice(0, 3).reduce((a, b) => a + b)) {
+              // the decode layer has seen no prefill: fill layer 1 with what layer 0 would hold
+              for (let s = 0; s < start; s++) {
+                const kk = rand(B * Hkv * D, 7000 + s, scaleQK);
+                const vv = rand(B * Hkv * D, 8000 + s);
+                be.writeKV(cache, 1, be.fromF32(kk, [B, Hkv * D]), be.fromF32(vv, [B, Hkv * D]), s, 1);
+                hostWrite(host[1], kk, vv, B, 1, Hkv, D, maxLen, s);
+              }
+            }
+            be.writeKV(cache, layer, kt, vt, start, T);
+            hostWrite(host[layer], k, v, B, T, Hkv, D, maxLen, start);
+            const want = new Float32Array(B * T * Hq * D);
+            attentionForward(want, q, host[layer], cache.keyValid, B, T, start, maxLen, p);
+            const y = be.attention(qt, cache, layer, start, T, p);
+            close(await be.read(y), want, `${kind} ${label} start=${start} T=${T}`);
+            if (T === 5 || T === 1) {
+              const probs = await be.attentionProbs(qt, cache, layer, start, T, p);
+              close(probs, attentionProbs(q, host[layer], cache.keyValid, B, T, start, maxLen, p), `probs start=${start} T=${T}`);
+            }
+            for (const t of [kt, vt, qt, y]) be.dispose(t);
+            start += T;
+            cache.length = start;
+          }
+          be.dispose(cache);
+        });
+      }
+    }
+
+    test('gravity: a query equal to a key (the cancellation case) stays accurate', async () => {
+      const B = 1, Hq = 2, Hkv = 1, D = 16, maxLen = 8, T = 4;
+      const p: AttentionParams = { kind: 'gravity', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from([4, 9]), eps: 0.1, scale: 0 };
+      const k = rand(T * D, 90, 20); // large norms: |k|² ~ 2000
+      const v = rand(T * D, 91);
+      const q = new Float32Array(T * Hq * D);
+      for (let t = 0; t < T; t++) for (let h = 0; h < Hq; h++) q.set(k.subarray(t * D, t * D + D), (t * Hq + h) * D);
+      const cache = be.createKVCache(1, B, maxLen, Hkv, D);
+      cache.keyValid.fill(1);
+      be.writeKV(cache, 0, be.fromF32(k, [T, D]), be.fromF32(v, [T, D]), 0, T);
+      const host = hostLayer(B, Hkv, maxLen, D);
+      hostWrite(host, k, v, B, T, Hkv, D, maxLen, 0);
+      const want = new Float32Array(T * Hq * D);
+      attentionForward(want, q, host, cache.keyValid, B, T, 0, maxLen, p);
+      close(await be.read(be.attention(be.fromF32(q, [T, Hq * D]), cache, 0, 0, T, p)), want, 'q = k gravity');
+    });
+  });
+
+  test('errors: a tensor over the binding limit names its size and the limit', () => {
+    const N = 64;
+    const OUT = Math.ceil(be.ctx.maxBinding / 4 / N) + 1;
+    const w = be.upload({ dtype: 'BF16', shape: [OUT, 1], data: new Uint16Array(OUT) });
+    const x = be.fromF32(new Float32Array(N), [N, 1]);
+    assert.throws(() => be.linear(x, w, null), (e: Error) => e instanceof GravityError && /MiB, more than this device's max(StorageBufferBindingSize|BufferSize)/.test(e.message));
+    assert.throws(() => be.linear(x, be.fromF32(new Float32Array(6), [3, 2]), null), GravityError);
+  });
+
+  test('device loss rejects pending reads instead of hanging', async () => {
+    const other = await createWebGPUBackend();
+    const t = other.fromF32(rand(16, 3), [16]);
+    const pending = other.read(other.add(t, t));
+    other.ctx.device.destroy();
+    await assert.rejects(
+      Promise.race([pending.then(() => 'resolved'), new Promise((r) => setTimeout(() => r('timeout'), 5000))]).then((v) => {
+        if (v === 'timeout') throw new Error('read hung');
+        // the read may have completed before the loss landed; a new one must then fail
+        return other.read(t);
+      }),
+    );
+  });
+});
