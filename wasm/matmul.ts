@@ -59,8 +59,103 @@ const OB: usize = 256;
   return f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 1) + f32x4.extract_lane(a, 2) + f32x4.extract_lane(a, 3);
 }
 
+/** y[n, o..o+4] += x[n, k0..k1] · w[0..4, k0..k1] for all n; weight row j starts at wj, element k at
+ * wj + (k - wk0) * sizeof<V>() (V = f32 for a packed tile, else the stored type). */
+@inline function rows4<V>(x: usize, N: usize, IN: usize, OUT: usize, y: usize, o: usize,
+  w0: usize, w1: usize, w2: usize, w3: usize, wk0: usize, k0: usize, kv: usize, k1: usize): void {
+  const esz: usize = sizeof<V>();
+  const xrow = IN << 2;
+  const yrow = OUT << 2;
+  let n: usize = 0;
+  // 4 weight rows x 2 activation rows: 8 accumulators + 2 x + 1 w fit the 16 xmm registers
+  for (; n + 2 <= N; n += 2) {
+    const xa = x + n * xrow;
+    const xb = xa + xrow;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    for (let k = k0; k < kv; k += 4) {
+      const va = v128.load(xa + (k << 2));
+      const vb = v128.load(xb + (k << 2));
+      const ke = (k - wk0) * esz;
+      let wv = ldw<V>(w0 + ke);
+      a0 = f32x4.add(a0, f32x4.mul(wv, va));
+      b0 = f32x4.add(b0, f32x4.mul(wv, vb));
+      wv = ldw<V>(w1 + ke);
+      a1 = f32x4.add(a1, f32x4.mul(wv, va));
+      b1 = f32x4.add(b1, f32x4.mul(wv, vb));
+      wv = ldw<V>(w2 + ke);
+      a2 = f32x4.add(a2, f32x4.mul(wv, va));
+      b2 = f32x4.add(b2, f32x4.mul(wv, vb));
+      wv = ldw<V>(w3 + ke);
+      a3 = f32x4.add(a3, f32x4.mul(wv, va));
+      b3 = f32x4.add(b3, f32x4.mul(wv, vb));
+    }
+    const ya = y + n * yrow + (o << 2);
+    const yb = ya + yrow;
+    v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
+    v128.store(yb, f32x4.add(v128.load(yb), hsum4(b0, b1, b2, b3)));
+    for (let k = kv; k < k1; k++) {
+      const sa = load<f32>(xa + (k << 2));
+      const sb = load<f32>(xb + (k << 2));
+      const ke = (k - wk0) * esz;
+      const s0 = ldw1<V>(w0 + ke), s1 = ldw1<V>(w1 + ke), s2 = ldw1<V>(w2 + ke), s3 = ldw1<V>(w3 + ke);
+      store<f32>(ya, load<f32>(ya) + s0 * sa);
+      store<f32>(ya + 4, load<f32>(ya + 4) + s1 * sa);
+      store<f32>(ya + 8, load<f32>(ya + 8) + s2 * sa);
+      store<f32>(ya + 12, load<f32>(ya + 12) + s3 * sa);
+      store<f32>(yb, load<f32>(yb) + s0 * sb);
+      store<f32>(yb + 4, load<f32>(yb + 4) + s1 * sb);
+      store<f32>(yb + 8, load<f32>(yb + 8) + s2 * sb);
+      store<f32>(yb + 12, load<f32>(yb + 12) + s3 * sb);
+    }
+  }
+  for (; n < N; n++) {
+    const xa = x + n * xrow;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let k = k0;
+    if (!isFloat<V>() && !isSigned<V>()) {
+      // bf16, 8 at a time: one 16-byte load per row; as i32 lanes, << 16 gives the even elements as f32
+      // and & 0xffff0000 the odd ones, so x is split into evens and odds once for the 4 rows
+      const hi = i32x4.splat(0xffff0000);
+      for (; k + 8 <= kv; k += 8) {
+        const x0 = v128.load(xa + (k << 2));
+        const x1 = v128.load(xa + (k << 2), 16);
+        const xe = v128.shuffle<f32>(x0, x1, 0, 2, 4, 6);
+        const xo = v128.shuffle<f32>(x0, x1, 1, 3, 5, 7);
+        const ke = (k - wk0) << 1;
+        let h = v128.load(w0 + ke);
+        a0 = f32x4.add(a0, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
+        h = v128.load(w1 + ke);
+        a1 = f32x4.add(a1, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
+        h = v128.load(w2 + ke);
+        a2 = f32x4.add(a2, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
+        h = v128.load(w3 + ke);
+        a3 = f32x4.add(a3, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
+      }
+    }
+    for (; k < kv; k += 4) {
+      const va = v128.load(xa + (k << 2));
+      const ke = (k - wk0) * esz;
+      a0 = f32x4.add(a0, f32x4.mul(ldw<V>(w0 + ke), va));
+      a1 = f32x4.add(a1, f32x4.mul(ldw<V>(w1 + ke), va));
+      a2 = f32x4.add(a2, f32x4.mul(ldw<V>(w2 + ke), va));
+      a3 = f32x4.add(a3, f32x4.mul(ldw<V>(w3 + ke), va));
+    }
+    const ya = y + n * yrow + (o << 2);
+    v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
+    for (let k = kv; k < k1; k++) {
+      const sa = load<f32>(xa + (k << 2));
+      const ke = (k - wk0) * esz;
+      store<f32>(ya, load<f32>(ya) + ldw1<V>(w0 + ke) * sa);
+      store<f32>(ya + 4, load<f32>(ya + 4) + ldw1<V>(w1 + ke) * sa);
+      store<f32>(ya + 8, load<f32>(ya + 8) + ldw1<V>(w2 + ke) * sa);
+      store<f32>(ya + 12, load<f32>(ya + 12) + ldw1<V>(w3 + ke) * sa);
+    }
+  }
+}
+
 /** y[n, o] = bias[o] + sum_k x[n, k] w[o, k] for o in [o0, o1); x [N, IN] f32, w [OUT, IN], y [N, OUT] f32. */
-function fwdT<W>(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize): void {
+function fwdT<W>(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
   const esz: usize = sizeof<W>();
   const wrow = IN * esz;
   const xrow = IN << 2;
@@ -71,7 +166,8 @@ function fwdT<W>(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usiz
   }
   // small N (decode): x fits in cache anyway, and whole-row streams let the prefetcher run ahead in DRAM
   // (512-element segments cut every row into short streams: 5.6 -> ? GB/s)
-  const kb: usize = N * IN <= 65536 ? IN : KB;
+  // (the packed 16-bit GEMM path below needs k-blocks of at most KB: its tile buffer is 4 x KB f32)
+  const kb: usize = N * IN <= 65536 && (isFloat<W>() || N < 4) ? IN : KB;
   for (let k0: usize = 0; k0 < IN; k0 += kb) {
     const k1 = min<usize>(k0 + kb, IN);
     const kv = k0 + ((k1 - k0) & ~(<usize>3));
@@ -81,92 +177,18 @@ function fwdT<W>(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usiz
       const w1 = w0 + wrow;
       const w2 = w1 + wrow;
       const w3 = w2 + wrow;
-      let n: usize = 0;
-      // 4 weight rows x 2 activation rows: 8 accumulators + 2 x + 1 w fit the 16 xmm registers
-      for (; n + 2 <= N; n += 2) {
-        const xa = x + n * xrow;
-        const xb = xa + xrow;
-        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-        let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-        for (let k = k0; k < kv; k += 4) {
-          const va = v128.load(xa + (k << 2));
-          const vb = v128.load(xb + (k << 2));
-          const ke = k * esz;
-          let wv = ldw<W>(w0 + ke);
-          a0 = f32x4.add(a0, f32x4.mul(wv, va));
-          b0 = f32x4.add(b0, f32x4.mul(wv, vb));
-          wv = ldw<W>(w1 + ke);
-          a1 = f32x4.add(a1, f32x4.mul(wv, va));
-          b1 = f32x4.add(b1, f32x4.mul(wv, vb));
-          wv = ldw<W>(w2 + ke);
-          a2 = f32x4.add(a2, f32x4.mul(wv, va));
-          b2 = f32x4.add(b2, f32x4.mul(wv, vb));
-          wv = ldw<W>(w3 + ke);
-          a3 = f32x4.add(a3, f32x4.mul(wv, va));
-          b3 = f32x4.add(b3, f32x4.mul(wv, vb));
+      if (!isFloat<W>() && N >= 4) {
+        // GEMM: widen the 4 x (k1 - k0) weight tile once into this thread's f32 buffer, reuse it for all N rows
+        const len = k1 - k0;
+        for (let j: usize = 0; j < 4; j++) {
+          const src = w0 + j * wrow + k0 * esz;
+          const dst = tmp + j * (KB << 2);
+          let k: usize = 0;
+          for (; k + 4 <= len; k += 4) v128.store(dst + (k << 2), ldw<W>(src + k * esz));
+          for (; k < len; k++) store<f32>(dst + (k << 2), ldw1<W>(src + k * esz));
         }
-        const ya = y + n * yrow + (o << 2);
-        const yb = ya + yrow;
-        v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
-        v128.store(yb, f32x4.add(v128.load(yb), hsum4(b0, b1, b2, b3)));
-        for (let k = kv; k < k1; k++) {
-          const sa = load<f32>(xa + (k << 2));
-          const sb = load<f32>(xb + (k << 2));
-          const ke = k * esz;
-          const s0 = ldw1<W>(w0 + ke), s1 = ldw1<W>(w1 + ke), s2 = ldw1<W>(w2 + ke), s3 = ldw1<W>(w3 + ke);
-          store<f32>(ya, load<f32>(ya) + s0 * sa);
-          store<f32>(ya + 4, load<f32>(ya + 4) + s1 * sa);
-          store<f32>(ya + 8, load<f32>(ya + 8) + s2 * sa);
-          store<f32>(ya + 12, load<f32>(ya + 12) + s3 * sa);
-          store<f32>(yb, load<f32>(yb) + s0 * sb);
-          store<f32>(yb + 4, load<f32>(yb + 4) + s1 * sb);
-          store<f32>(yb + 8, load<f32>(yb + 8) + s2 * sb);
-          store<f32>(yb + 12, load<f32>(yb + 12) + s3 * sb);
-        }
-      }
-      for (; n < N; n++) {
-        const xa = x + n * xrow;
-        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-        let k = k0;
-        if (!isFloat<W>() && !isSigned<W>()) {
-          // bf16, 8 at a time: one 16-byte load per row; as i32 lanes, << 16 gives the even elements as f32
-          // and & 0xffff0000 the odd ones, so x is split into evens and odds once for the 4 rows
-          const hi = i32x4.splat(0xffff0000);
-          for (; k + 8 <= kv; k += 8) {
-            const x0 = v128.load(xa + (k << 2));
-            const x1 = v128.load(xa + (k << 2), 16);
-            const xe = v128.shuffle<f32>(x0, x1, 0, 2, 4, 6);
-            const xo = v128.shuffle<f32>(x0, x1, 1, 3, 5, 7);
-            const ke = k << 1;
-            let h = v128.load(w0 + ke);
-            a0 = f32x4.add(a0, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
-            h = v128.load(w1 + ke);
-            a1 = f32x4.add(a1, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
-            h = v128.load(w2 + ke);
-            a2 = f32x4.add(a2, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
-            h = v128.load(w3 + ke);
-            a3 = f32x4.add(a3, f32x4.add(f32x4.mul(i32x4.shl(h, 16), xe), f32x4.mul(v128.and(h, hi), xo)));
-          }
-        }
-        for (; k < kv; k += 4) {
-          const va = v128.load(xa + (k << 2));
-          const ke = k * esz;
-          a0 = f32x4.add(a0, f32x4.mul(ldw<W>(w0 + ke), va));
-          a1 = f32x4.add(a1, f32x4.mul(ldw<W>(w1 + ke), va));
-          a2 = f32x4.add(a2, f32x4.mul(ldw<W>(w2 + ke), va));
-          a3 = f32x4.add(a3, f32x4.mul(ldw<W>(w3 + ke), va));
-        }
-        const ya = y + n * yrow + (o << 2);
-        v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
-        for (let k = kv; k < k1; k++) {
-          const sa = load<f32>(xa + (k << 2));
-          const ke = k * esz;
-          store<f32>(ya, load<f32>(ya) + ldw1<W>(w0 + ke) * sa);
-          store<f32>(ya + 4, load<f32>(ya + 4) + ldw1<W>(w1 + ke) * sa);
-          store<f32>(ya + 8, load<f32>(ya + 8) + ldw1<W>(w2 + ke) * sa);
-          store<f32>(ya + 12, load<f32>(ya + 12) + ldw1<W>(w3 + ke) * sa);
-        }
-      }
+        rows4<f32>(x, N, IN, OUT, y, o, tmp, tmp + (KB << 2), tmp + (KB << 3), tmp + 3 * (KB << 2), k0, k0, kv, k1);
+      } else rows4<W>(x, N, IN, OUT, y, o, w0, w1, w2, w3, 0, k0, kv, k1);
     }
     for (; o < o1; o++) {
       const w0 = w + o * wrow;
@@ -259,10 +281,11 @@ function bwdT<W>(dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize
   }
 }
 
-export function fwd(dt: i32, x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize): void {
-  if (dt == 1) fwdT<u16>(x, N, w, IN, OUT, bias, y, o0, o1);
-  else if (dt == 0) fwdT<f32>(x, N, w, IN, OUT, bias, y, o0, o1);
-  else fwdT<i16>(x, N, w, IN, OUT, bias, y, o0, o1);
+/** tmp: this thread's 4 x 512 f32 (8 KB) buffer for widened weight tiles. */
+export function fwd(dt: i32, x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
+  if (dt == 1) fwdT<u16>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
+  else if (dt == 0) fwdT<f32>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
+  else fwdT<i16>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
 }
 
 export function bwd(dt: i32, dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize, i0: usize, i1: usize): void {

@@ -34,6 +34,13 @@ export const CTL = {
   SIZE: 19,
 } as const;
 
+/** Each thread's 8 KB buffer (4 x 512 f32) where the GEMM kernel widens 16-bit weight tiles: thread 0 is
+ * the main thread. Lies in [64 KB, 192 KB) of every arena, below the activation scratch. */
+export const MAX_THREADS = 16;
+export function tmpOf(thread: number): number {
+  return 65536 + thread * 8192;
+}
+
 /** Busy-poll this many times before sleeping: a decode step issues ~170 matmuls back to back and the
  * futex wake-up alone costs tens of microseconds. */
 const SPIN = 20000;
@@ -42,7 +49,7 @@ const SPIN = 20000;
 // and from dist/ without resolving a file path.
 const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { module, ctlBuf, port } = workerData;
+const { module, ctlBuf, port, tmp } = workerData;
 const ctl = new Int32Array(ctlBuf);
 const kernels = [];
 let seen = 0;
@@ -75,7 +82,7 @@ for (;;) {
       const r0 = Atomics.add(ctl, ${CTL.NEXT}, chunk);
       if (r0 >= total) break;
       const r1 = Math.min(r0 + chunk, total);
-      if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1);
+      if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1, tmp);
       else k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
       Atomics.add(ctl, ${CTL.WORKER_CHUNKS}, 1);
     }
@@ -100,7 +107,7 @@ export class ThreadPool {
       const { port1, port2 } = new wt.MessageChannel();
       const w = new wt.Worker(WORKER_SOURCE, {
         eval: true,
-        workerData: { module, ctlBuf: this.ctl.buffer, port: port2 },
+        workerData: { module, ctlBuf: this.ctl.buffer, port: port2, tmp: tmpOf(t) },
         transferList: [port2],
       });
       // helpers sleep in Atomics.wait between jobs: they must not keep the process alive

@@ -11,7 +11,7 @@
 import { fail } from '../../errors.js';
 import { f16Table, type HostTensor } from '../../tensor/dtype.js';
 import { MATMUL_WASM_BASE64 } from './wasm-binary.js';
-import { ThreadPool, CTL } from './matmul-worker.js';
+import { ThreadPool, CTL, MAX_THREADS, tmpOf } from './matmul-worker.js';
 
 export interface PreparedWeight {
   readonly dtype: 'F32' | 'F16' | 'BF16';
@@ -79,7 +79,9 @@ function checkCall(a: Float32Array, N: number, aCols: number, out: Float32Array 
 // WASM engine
 
 const PAGE = 65536;
-const RESERVED = PAGE; // low 64 KB left to the module (it has no data today, but stays out of harm's way)
+// low 64 KB left to the module (it has no data today, but stays out of harm's way), then the threads' 8 KB
+// tile buffers (tmpOf), then the activation scratch and the weights
+const RESERVED = PAGE + MAX_THREADS * 8192;
 const SCRATCH = 32 << 20; // activations of one call (chunked over N when larger)
 const ARENA_MAX_PAGES = 49152; // 3 GiB
 const ARENA_MAX = ARENA_MAX_PAGES * PAGE;
@@ -87,7 +89,7 @@ const HEAP_BASE = RESERVED + SCRATCH;
 const ALIGN = 64;
 
 interface Kernels {
-  fwd(dt: number, x: number, N: number, w: number, IN: number, OUT: number, bias: number, y: number, o0: number, o1: number): void;
+  fwd(dt: number, x: number, N: number, w: number, IN: number, OUT: number, bias: number, y: number, o0: number, o1: number, tmp: number): void;
   bwd(dt: number, dy: number, N: number, w: number, IN: number, OUT: number, dx: number, i0: number, i1: number): void;
 }
 
@@ -266,7 +268,7 @@ class WasmEngine implements MatmulEngine {
     const k = w.arena.k;
     const parallel = this.pool !== null && N * w.rows * w.cols >= this.threshold && total > step;
     if (!parallel) {
-      if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, 0, total);
+      if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, 0, total, tmpOf(0));
       else k.bwd(dt, a, N, w.off, w.cols, w.rows, y, 0, total);
       return;
     }
@@ -283,7 +285,7 @@ class WasmEngine implements MatmulEngine {
     // ~4 chunks per thread: small enough to rebalance when a thread is descheduled, big enough to stream rows
     const chunk = Math.ceil(total / (4 * this.threads) / step) * step;
     this.pool!.run(total, chunk, (r0, r1) => {
-      if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, r0, r1);
+      if (op === 0) k.fwd(dt, a, N, w.off, w.cols, w.rows, bias, y, r0, r1, tmpOf(0));
       else k.bwd(dt, a, N, w.off, w.cols, w.rows, y, r0, r1);
     });
   }
@@ -454,7 +456,7 @@ function wasmUsable(): boolean {
 /** The fastest engine this host supports: WASM SIMD with worker threads, else single-thread WASM, else 'js'. */
 export function createMatmulEngine(opts: MatmulOptions = {}): MatmulEngine {
   const want = opts.threads ?? Math.min(nodeOs?.availableParallelism?.() ?? 1, 8);
-  if (!Number.isInteger(want) || want < 1) fail(`matmul: threads must be a positive integer, got ${opts.threads}`);
+  if (!Number.isInteger(want) || want < 1 || want > MAX_THREADS) fail(`matmul: threads must be an integer in [1, ${MAX_THREADS}], got ${opts.threads}`);
   if (opts.prefer === 'js' || !wasmUsable()) return new JsEngine();
   return new WasmEngine(wasmModule(), want, opts.parallelThreshold ?? 100_000);
 }
