@@ -51,6 +51,10 @@ export interface TrainOps {
   /** dw [OUT, IN] = dyᵀ · x */
   linearBackwardWeight(dy: Tensor, x: Tensor): Tensor;
 
+  /** rows [start, start + count) of x [N, C] */
+  sliceRows(x: Tensor, start: number, count: number): Tensor;
+  /** row-wise concatenation of [Ni, C] tensors */
+  concatRows(parts: Tensor[]): Tensor;
   /** a + alpha * b (same shape) */
   addScaled(a: Tensor, b: Tensor, alpha: number): Tensor;
   /** a * b elementwise (dropout masks) */

@@ -20,9 +20,14 @@ export class CpuTrainOps implements TrainOps {
 
   constructor(readonly backend: CpuBackend, readonly precision: 'f32' | 'f64' = 'f32') {}
 
+  /** tensors made here (activations, trainable parameters); anything else is a frozen uploaded weight */
+  private mine = new WeakSet<CpuTensor>();
+
   private make(data: Arr, shape: number[]): CpuTensor {
     const dtype = data instanceof Float64Array ? 'F64' : 'F32';
-    return new CpuTensor(shape, dtype, { dtype, shape, data });
+    const t = new CpuTensor(shape, dtype, { dtype, shape, data });
+    this.mine.add(t);
+    return t;
   }
 
   private alloc(shape: number[]): Arr {
@@ -43,8 +48,8 @@ export class CpuTrainOps implements TrainOps {
     if (!v || v.length !== numel(ct.shape)) {
       if (!ct.host) throw new Error('cpu train: weight was released');
       v = K.widen(ct.host);
-      // trainable tensors change between steps: only cache frozen (stored-width or uploaded) ones
-      if (ct.host.dtype !== 'F64') this.widened.set(ct, v);
+      // trainable tensors are fresh each step; only frozen uploaded ones are worth caching
+      if (!this.mine.has(ct)) this.widened.set(ct, v);
     }
     return v;
   }
@@ -103,10 +108,9 @@ export class CpuTrainOps implements TrainOps {
     return { dx: this.make(dx, [N, C]), dw: this.fromHost(dw, [C]) };
   }
 
-  /** frozen f32-path weights go to the engine: prepared ones, and any 16-bit weight */
+  /** in f32, products with frozen weights go to the engine (prepared on first use, e.g. a tied lm_head) */
   private useEngine(x: Tensor, w: CpuTensor): boolean {
-    if (this.precision !== 'f32' || x.dtype !== 'F32') return false;
-    return w.prepared !== null || w.dtype === 'F16' || w.dtype === 'BF16';
+    return this.precision === 'f32' && x.dtype === 'F32' && !this.mine.has(w);
   }
 
   private hostOf(w: CpuTensor) {
@@ -148,6 +152,27 @@ export class CpuTrainOps implements TrainOps {
     const dw = this.alloc([OUT, IN]);
     K.linearBackwardWeight(dw, this.a(dy), this.a(x), N, IN, OUT);
     return this.make(dw, [OUT, IN]);
+  }
+
+  sliceRows(x: Tensor, start: number, count: number): Tensor {
+    const C = x.shape[1];
+    if (start < 0 || start + count > x.shape[0]) throw new Error(`sliceRows: rows [${start}, ${start + count}) of [${x.shape}]`);
+    const out = this.alloc([count, C]);
+    out.set(this.a(x).subarray(start * C, (start + count) * C));
+    return this.make(out, [count, C]);
+  }
+
+  concatRows(parts: Tensor[]): Tensor {
+    const C = parts[0].shape[1];
+    const N = parts.reduce((n, p) => n + p.shape[0], 0);
+    const out = this.alloc([N, C]);
+    let off = 0;
+    for (const p of parts) {
+      if (p.shape[1] !== C) throw new Error(`concatRows: [${p.shape}] does not have ${C} columns`);
+      out.set(this.a(p), off);
+      off += p.shape[0] * C;
+    }
+    return this.make(out, [N, C]);
   }
 
   addScaled(a: Tensor, b: Tensor, alpha: number): Tensor {
