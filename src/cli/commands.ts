@@ -22,4 +22,5 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'forward', summary: 'run a forward pass on ids from JSON, write logits (and attention maps) to safetensors', load: () => import('./forward.js') },
   { name: 'inspect', summary: 'describe a model folder: architecture, shapes, parameters, masses, tokenizer', load: () => import('./inspect.js') },
   { name: 'init-random', summary: 'write a seeded random checkpoint from a preset or config.json', load: () => import('./init-random.js') },
+  { name: 'task', summary: 'arithmetic task: make train/val/test JSONL, evaluate a model\'s answer accuracy', load: () => import('./task.js') },
 ];
