@@ -95,13 +95,14 @@ for (const name of TRAIN_FIXTURES) {
 
   test(`${name}: 5 AdamW steps follow PyTorch's loss curve`, async () => {
     const hp = exp.meta.adamw;
-    // constant lr (minLrRatio 1) as in the reference loop, weight decay on every tensor, masses included
+    // constant lr (minLrRatio 1) as in the reference loop, weight decay on every tensor, masses included.
+    // 1e-5, tighter than the issue's 1e-4: ours follows to ~1e-7, and dropping weight decay shows up at 6e-6
     const tr = await trainer(name, { optimizer: 'adamw', lr: hp.lr, betas: hp.betas, adamEps: hp.eps, weightDecay: hp.weight_decay, minLrRatio: 1, totalSteps: 5 });
     const want: number[] = exp.meta.adamw_losses;
     for (let s = 0; s < want.length; s++) {
       const r = await tr.trainStep([batch]);
       const e = Math.abs(r.loss - want[s]) / Math.abs(want[s]);
-      assert.ok(e <= 1e-4, `step ${s}: loss ${r.loss} vs ${want[s]} (rel err ${e.toExponential(2)})`);
+      assert.ok(e <= 1e-5, `step ${s}: loss ${r.loss} vs ${want[s]} (rel err ${e.toExponential(2)})`);
     }
   });
 }

@@ -142,8 +142,8 @@ export function readAdapter(dir: string, check: { cfg?: ModelConfig; numLayers?:
     const target = e.target as LoraTarget;
     if (check.cfg) {
       const [o, i] = moduleDims(check.cfg, target);
-      if (inF !== i) fail(`${ADAPTER_WEIGHTS}: tensor "${nm('A')}" has shape [${e.A.shape}], expected [${r}, ${i}]: the model's ${target} takes ${i} inputs (adapter made for another model?)`);
-      if (outF !== o) fail(`${ADAPTER_WEIGHTS}: tensor "${nm('B')}" has shape [${e.B.shape}], expected [${o}, ${r}]: the model's ${target} has ${o} outputs (adapter made for another model?)`);
+      if (inF !== i) fail(`${ADAPTER_WEIGHTS}: tensor "${nm('A')}" has shape [${e.A.shape}], expected [${r},${i}]: the model's ${target} takes ${i} inputs (adapter made for another model?)`);
+      if (outF !== o) fail(`${ADAPTER_WEIGHTS}: tensor "${nm('B')}" has shape [${e.B.shape}], expected [${o},${r}]: the model's ${target} has ${o} outputs (adapter made for another model?)`);
     }
     const alpha = patternValue(config.raw.alpha_pattern, modPath) ?? config.alpha;
     const dtype = e.A.dtype as LoraModule['dtype'];
