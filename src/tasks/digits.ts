@@ -100,13 +100,15 @@ export function addDec(a: string, b: string): string {
 }
 
 export function mulSteps(a: string, b: string): Worked {
+  // a zero factor: no partial products to show (they would all be zero)
+  if (a === '0' || b === '0') return { result: '0', lines: [`${a}*${b}=0`] };
   const lines: string[] = [];
   let total: string | null = null;
   for (let i = 0; i < b.length; i++) {
     const d = digitAt(b, i);
     if (d === 0) continue;
     const p = mulDigit(a, d);
-    const shifted = p === '0' ? '0' : p + '0'.repeat(i);
+    const shifted = p + '0'.repeat(i);
     lines.push(i === 0 ? `${a}*${d}=${p}` : `${a}*${d}=${p} -> ${shifted}`);
     if (total === null) total = shifted;
     else {
@@ -115,9 +117,5 @@ export function mulSteps(a: string, b: string): Worked {
       total = sum;
     }
   }
-  if (total === null) {
-    lines.push(`${a}*${stripZeros(b)}=0`);
-    total = '0';
-  }
-  return { result: total, lines };
+  return { result: total!, lines };
 }
