@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { BatchSchedule, PackedData } from '../src/train/data.js';
 import { latestCheckpoint, runTraining, type LoopOptions, type TrainerLike } from '../src/train/loop.js';
 import type { Batch, StepResult } from '../src/train/trainer.js';
+import { GravityError } from '../src/errors.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(HERE, '..');
@@ -17,9 +18,10 @@ class FakeTrainer implements TrainerLike {
   step = 0;
   seen: number[][] = [];
   saves = 0;
-  constructor(private readonly cfg: { nanAt?: number; failSaveAt?: number; sleepMs?: number } = {}) {}
+  constructor(private readonly cfg: { nanAt?: number; throwAt?: number; failSaveAt?: number; sleepMs?: number } = {}) {}
   trainStep(micro: Batch[]): StepResult {
     if (this.cfg.sleepMs) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, this.cfg.sleepMs);
+    if (this.step + 1 === this.cfg.throwAt) throw new GravityError(`training loss is NaN at step ${this.step + 1} (micro-batch 0): stopping`);
     this.step++;
     this.seen[this.step] = micro.flatMap((b) => Array.from({ length: b.B }, (_, i) => b.ids[i * b.T]));
     const loss = this.step === this.cfg.nanAt ? NaN : 3 / this.step;
@@ -118,7 +120,7 @@ test('loop: NaN stops at that step and keeps the last checkpoint; --resume conti
   const out = tmpdir();
   const bad = new FakeTrainer({ nanAt: 5 });
   const r = await runTraining(bad, loopOpts(out));
-  assert.equal(r.status, 'nonfinite');
+  assert.equal(r.status, 'stopped');
   assert.match(r.message, /^step 5: loss is NaN; stopped without saving; the last good checkpoint is .*checkpoint-4/);
   assert.equal(latestCheckpoint(out)!.step, 4);
   assert.ok(!fs.existsSync(path.join(out, 'checkpoint-5')));
@@ -139,6 +141,17 @@ test('loop: NaN stops at that step and keeps the last checkpoint; --resume conti
   assert.deepEqual(train.map((x) => x.step), [1, 2, 3, 4, 5, 6]);
   assert.ok(train.every((x) => typeof x.loss === 'number'));
   await assert.rejects(runTraining(new FakeTrainer(), loopOpts(tmpdir(), { resume: true })), /--resume: .* has no checkpoint-<step> folder/);
+});
+
+test('loop: a step the trainer refuses (thrown GravityError) stops and keeps the last checkpoint', async () => {
+  const out = tmpdir();
+  const r = await runTraining(new FakeTrainer({ throwAt: 3 }), loopOpts(out));
+  assert.equal(r.status, 'stopped');
+  assert.equal(r.step, 2);
+  assert.match(r.message, /^step 3: training loss is NaN at step 3 \(micro-batch 0\): stopping; the last good checkpoint is .*checkpoint-2/);
+  assert.equal(latestCheckpoint(out)!.step, 2);
+  const r0 = await runTraining(new FakeTrainer({ throwAt: 1 }), loopOpts(tmpdir()));
+  assert.match(r0.message, /no checkpoint was saved before it/);
 });
 
 test('loop: a failed save (ENOSPC) leaves the previous checkpoint intact', async () => {

@@ -22,5 +22,8 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'forward', summary: 'run a forward pass on ids from JSON, write logits (and attention maps) to safetensors', load: () => import('./forward.js') },
   { name: 'inspect', summary: 'describe a model folder: architecture, shapes, parameters, masses, tokenizer', load: () => import('./inspect.js') },
   { name: 'init-random', summary: 'write a seeded random checkpoint from a preset or config.json', load: () => import('./init-random.js') },
+  { name: 'train', summary: 'fine-tune LoRA adapters / gravity masses on a dataset; checkpoints, metrics, figures', load: () => import('./train.js') },
+  { name: 'merge', summary: 'fold a LoRA adapter into a copy of its base model', load: () => import('./merge.js') },
+  { name: 'plot', summary: 'draw loss / mass / gradient figures of a train run, or an attention field', load: () => import('./plot.js') },
   { name: 'task', summary: 'arithmetic task: make train/val/test JSONL, evaluate a model\'s answer accuracy', load: () => import('./task.js') },
 ];

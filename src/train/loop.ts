@@ -24,8 +24,8 @@ import type { Batch, StepResult } from './trainer.js';
 
 /** The part of Trainer the loop uses (a fake one in the tests). */
 export interface TrainerLike {
-  trainStep(micro: Batch[]): StepResult;
-  evaluate(batches: Batch[]): { loss: number; tokens: number };
+  trainStep(micro: Batch[]): StepResult | Promise<StepResult>;
+  evaluate(batches: Batch[]): { loss: number; tokens: number } | Promise<{ loss: number; tokens: number }>;
   save(dir: string): void;
   resume(dir: string): void;
   massLog(): Float32Array[];
@@ -52,7 +52,8 @@ export interface LoopOptions {
   handleSignals?: boolean;
 }
 
-export type LoopStatus = 'done' | 'interrupted' | 'nonfinite';
+/** stopped: a non-finite loss / gradient norm, or the trainer refused a step (its message says why) */
+export type LoopStatus = 'done' | 'interrupted' | 'stopped';
 
 export interface LoopResult {
   status: LoopStatus;
@@ -202,9 +203,9 @@ export async function runTraining(trainer: TrainerLike, o: LoopOptions): Promise
   const schedule = o.schedule;
   const snapEvery = Math.max(1, Math.ceil(total / 100)); // ~100 mass snapshots whatever the run length
   const snapMasses = (step: number) => emit({ type: 'mass', step, mass: trainer.massLog().map((l) => Array.from(l, (x) => sig(softplus(x)))) });
-  const runEval = (step: number) => {
+  const runEval = async (step: number) => {
     if (!o.val || o.val.length === 0) return;
-    const r = trainer.evaluate(o.val);
+    const r = await trainer.evaluate(o.val);
     emit({ type: 'eval', step, val_loss: sig(r.loss), val_ppl: sig(Math.exp(r.loss)), val_tokens: r.tokens });
     rep.line(`step ${step}: val_loss ${r.loss.toFixed(4)} val_ppl ${Math.exp(r.loss).toFixed(3)} (${r.tokens} tokens)`);
   };
@@ -242,7 +243,7 @@ export async function runTraining(trainer: TrainerLike, o: LoopOptions): Promise
     const start = trainer.step;
     if (start === 0) {
       snapMasses(0);
-      runEval(0);
+      await runEval(0);
     }
     let rate = 0; // smoothed input tokens/s
     let stepTime = 0; // smoothed seconds/step
@@ -250,15 +251,23 @@ export async function runTraining(trainer: TrainerLike, o: LoopOptions): Promise
       const micro = schedule.microBatches(s);
       const inputTokens = micro.reduce((n, b) => n + b.B * b.T, 0);
       const t0 = performance.now();
-      const r = trainer.trainStep(micro);
-      const dt = (performance.now() - t0) / 1000;
       const step = s + 1;
+      const keep = () => (lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint} (continue from it with --resume, e.g. with a lower --lr)` : 'no checkpoint was saved before it');
+      let r: StepResult;
+      try {
+        r = await trainer.trainStep(micro);
+      } catch (e) {
+        if (!(e instanceof GravityError)) throw e;
+        // the trainer refuses a step whose loss or gradient is not finite (before updating anything)
+        rep.end();
+        return { status: 'stopped', step: s, lastCheckpoint, message: `step ${step}: ${e.message}; ${keep()}` };
+      }
+      const dt = (performance.now() - t0) / 1000;
       if (!Number.isFinite(r.loss) || Number.isNaN(r.gradNorm)) {
         const what = !Number.isFinite(r.loss) ? `loss is ${r.loss}` : `gradient norm is ${r.gradNorm}`;
         emit({ type: 'train', step, loss: null, nonfinite: what });
         rep.end();
-        const keep = lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint} (continue from it with --resume, e.g. with a lower --lr)` : 'no checkpoint was saved before it';
-        return { status: 'nonfinite', step: s, lastCheckpoint, message: `step ${step}: ${what}; stopped without saving; ${keep}` };
+        return { status: 'stopped', step: s, lastCheckpoint, message: `step ${step}: ${what}; stopped without saving; ${keep()}` };
       }
       elapsed += dt;
       const tps = inputTokens / Math.max(dt, 1e-9);
@@ -284,7 +293,7 @@ export async function runTraining(trainer: TrainerLike, o: LoopOptions): Promise
       });
       rep.step(step, total, r, rate, (total - step) * stepTime);
       if (step % snapEvery === 0 || step === total) snapMasses(step);
-      if (o.evalEvery > 0 && step % o.evalEvery === 0 && step !== total) runEval(step);
+      if (o.evalEvery > 0 && step % o.evalEvery === 0 && step !== total) await runEval(step);
       if (o.saveEvery > 0 && step % o.saveEvery === 0 && step !== total) save(step);
 
       // let a pending SIGINT reach its handler (trainStep is synchronous)
@@ -297,7 +306,7 @@ export async function runTraining(trainer: TrainerLike, o: LoopOptions): Promise
     }
     rep.end();
     if (trainer.step > 0 && (start < total || !fs.existsSync(path.join(out, `checkpoint-${total}`)))) {
-      runEval(total);
+      await runEval(total);
       save(total);
     }
     // the final adapter also goes directly into OUT (saved beside it, then moved file by file)
