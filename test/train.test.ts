@@ -183,6 +183,42 @@ test('NaN loss stops training with a message; empty targets and bad ids are clea
   await assert.rejects(tr.trainStep([batch]), /loss is NaN at step 1.*stopping/);
 });
 
+test('trainable norms: whole-model gradients match finite differences of the loss; saved as modules_to_save', async () => {
+  const exp = loadExpected('train-llama-all');
+  const batch = batchOf(exp.meta);
+  const tr = await trainer('train-llama-all', { optimizer: 'sgd', lr: 0, trainNorms: true, precision: 'f64' });
+  await tr.trainStep([batch]);
+  const names = ['model.layers.0.input_layernorm.weight', 'model.layers.1.post_attention_layernorm.weight', 'model.norm.weight'];
+  for (const n of names) {
+    const p = tr.params.find((q) => q.name === n)!;
+    const got: number[] = [];
+    const num: number[] = [];
+    for (const i of [0, 7, 31]) {
+      const keep = p.data[i];
+      const h = 1e-3; // the forward rounds RMSNorm through float32 like transformers: a step well above 1e-7
+      p.data[i] = keep + h;
+      const lp = (await tr.evaluate([batch])).loss;
+      p.data[i] = keep - h;
+      const lm = (await tr.evaluate([batch])).loss;
+      p.data[i] = keep;
+      num.push((lp - lm) / (2 * h));
+      got.push(p.grad[i]);
+    }
+    assert.ok(relErr(got, num) < 1e-2, `${n}: ${got} vs ${num}`);
+  }
+  const dir = tmpDir();
+  try {
+    tr.save(dir);
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    assert.deepEqual(cfg.modules_to_save, ['input_layernorm', 'post_attention_layernorm', 'norm']);
+    const f = openSafetensors(path.join(dir, 'adapter_model.safetensors'));
+    assert.ok(f.tensors.has('base_model.model.model.norm.weight'));
+    f.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('schedule: linear warmup then cosine to minLrRatio', () => {
   const o = { lr: 1, warmupSteps: 4, totalSteps: 14, minLrRatio: 0.1 };
   assert.equal(lrAt(0, o), 0);

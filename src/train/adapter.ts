@@ -128,7 +128,7 @@ export function readAdapter(dir: string, check: { cfg?: ModelConfig; numLayers?:
   } finally {
     f.close();
   }
-  if (parts.size === 0) fail(`${ADAPTER_WEIGHTS}: no LoRA tensors (base_model.model.<module>.lora_A.weight) found`);
+  if (parts.size === 0 && saved.size === 0) fail(`${ADAPTER_WEIGHTS}: no LoRA tensors (base_model.model.<module>.lora_A.weight) found`);
   const modules: LoraModule[] = [];
   for (const [modPath, e] of parts) {
     const nm = (ab: 'A' | 'B') => `${PREFIX}${modPath}.lora_${ab}.weight`;
@@ -158,6 +158,8 @@ export function readAdapter(dir: string, check: { cfg?: ModelConfig; numLayers?:
 
 export interface WriteAdapterOptions {
   alpha: number;
+  /** rank written when there are no modules (norms only) */
+  r?: number;
   dropout: number;
   /** fields of a config that was read (initAdapter), kept unless we set them */
   baseConfig?: Record<string, unknown>;
@@ -168,9 +170,9 @@ export interface WriteAdapterOptions {
 
 /** Writes adapter_config.json + adapter_model.safetensors (each atomically). All modules share r and alpha. */
 export function writeAdapter(dir: string, modules: LoraModule[], o: WriteAdapterOptions): void {
-  if (modules.length === 0) fail('writeAdapter: no LoRA modules to save');
+  if (modules.length === 0 && !o.saved?.size) fail('writeAdapter: no LoRA modules or saved tensors to write');
   fs.mkdirSync(dir, { recursive: true });
-  const r = modules[0].r;
+  const r = modules[0]?.r ?? o.r ?? 8;
   const targets = LORA_TARGETS.filter((t) => modules.some((m) => m.target === t));
   const tensors = new Map<string, HostTensor>();
   for (const m of modules) {

@@ -327,8 +327,8 @@ export class Trainer {
     const o = this.options;
     const saved = new Map<string, HostTensor>();
     for (const [n, v] of this.norms) saved.set(n, { dtype: 'F32', shape: [v.length], data: Float32Array.from(v) });
-    if (this.modules.length) {
-      writeAdapter(dir, this.modules, { alpha: o.loraAlpha, dropout: o.loraDropout, baseConfig: this.adapterConfig, baseModel: path.resolve(this.dir), saved });
+    if (this.modules.length || saved.size) {
+      writeAdapter(dir, this.modules, { r: o.loraR, alpha: o.loraAlpha, dropout: o.loraDropout, baseConfig: this.adapterConfig, baseModel: path.resolve(this.dir), saved });
     }
     if (o.trainMasses) saveMasses(dir, this.massLog());
     const tensors = new Map<string, HostTensor>();
