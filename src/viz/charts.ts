@@ -23,12 +23,12 @@ export function viridis(t: number): RGB {
 }
 
 /** About `n` round tick values (1, 2, 5 x 10^k) covering [lo, hi]. */
-export function niceTicks(lo: number, hi: number, n = 6): number[] {
+export function niceTicks(lo: number, hi: number, n = 6, minStep = 0): number[] {
   if (!(hi > lo)) return [lo];
   const raw = (hi - lo) / n;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const norm = raw / mag;
-  const step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
+  const step = Math.max(minStep, (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag);
   const out: number[] = [];
   for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   return out;
@@ -61,6 +61,8 @@ export interface LineChartSpec {
   xLabel: string;
   yLabel: string;
   series: Series[];
+  /** x values are whole numbers (steps): no fractional ticks */
+  integerX?: boolean;
   width?: number;
   height?: number;
 }
@@ -84,7 +86,7 @@ export function lineChart(spec: LineChartSpec): Scene {
   y1 += pad;
   const X = (x: number) => left + ((x - x0) / (x1 - x0)) * (right - left);
   const Y = (y: number) => bottom - ((y - y0) / (y1 - y0)) * (bottom - top);
-  const xt = niceTicks(x0, x1, 8).filter((v) => v >= x0 && v <= x1);
+  const xt = niceTicks(x0, x1, 8, spec.integerX ? 1 : 0).filter((v) => v >= x0 && v <= x1);
   const yt = niceTicks(y0, y1, 6).filter((v) => v >= y0 && v <= y1);
   const xStep = xt.length > 1 ? xt[1] - xt[0] : 1;
   const yStep = yt.length > 1 ? yt[1] - yt[0] : 1;

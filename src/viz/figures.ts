@@ -17,6 +17,7 @@ export function lossFigure(m: RunMetrics): Scene | null {
   return lineChart({
     title: last ? `Training loss (final validation ${last[1].toFixed(4)})` : 'Training loss',
     xLabel: 'step',
+    integerX: true,
     yLabel: 'loss (cross-entropy, nats)',
     series: [
       { name: 'train', points: m.train },
