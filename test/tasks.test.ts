@@ -316,3 +316,17 @@ test('gravity task make writes three disjoint JSONL splits', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('models/gravity-mini tokenizer files are exactly what scripts/make-mini-tokenizer.ts makes', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const dir = mkdtempSync(join(tmpdir(), 'gravity-tok-'));
+  try {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', 'scripts/make-mini-tokenizer.ts', '--out', dir], { encoding: 'utf8' });
+    assert.match(out, /510 tokens/);
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
+      assert.equal(readFileSync(join(dir, f), 'utf8'), readFileSync(join('models/gravity-mini', f), 'utf8'), `${f} differs: rerun the script`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
