@@ -77,7 +77,7 @@ const tmpdir = () => {
   return d;
 };
 process.on('exit', () => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
-const readMetrics = (out: string) => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+const readMetrics = (out: string): any[] => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 
 // SIGINT test (below): this file, started with GRAVITY_LOOP_CHILD=OUT, is the child that runs a slow loop
 if (process.env.GRAVITY_LOOP_CHILD) {
@@ -190,3 +190,92 @@ test('loop: SIGINT saves a checkpoint and exits cleanly', async () => {
   assert.ok(fs.existsSync(path.join(m[2], 'adapter_model.safetensors')));
 });
 
+
+// ----- end to end with the real Trainer on the tiny training fixture (input_ids data: the fixture has no tokenizer)
+const FIXTURE = path.join(ROOT, 'test', 'fixtures', 'train-qwen2-qkvo');
+
+function gravity(args: string[]): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli', 'main.ts'), ...args], { cwd: ROOT, env: { ...process.env, GRAVITY_NO_PROGRESS: '1' } });
+    let stderr = '';
+    let stdout = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.stdout.on('data', (d) => (stdout += d));
+    child.on('exit', (code) => resolve({ code, stderr, stdout }));
+  });
+}
+
+function idsFile(dir: string): string {
+  let s = 12345;
+  const rnd = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24;
+  const lines = Array.from({ length: 12 }, () => JSON.stringify({ input_ids: Array.from({ length: 5 + Math.floor(rnd() * 20) }, () => 3 + Math.floor(rnd() * 250)) }));
+  const f = path.join(dir, 'd.jsonl');
+  fs.writeFileSync(f, lines.join('\n') + '\n');
+  return f;
+}
+
+test('gravity train end to end: metrics, checkpoints, adapter, figures; resume matches an uninterrupted run; merge', async () => {
+  const dir = tmpdir();
+  const data = idsFile(dir);
+  const common = ['--model', FIXTURE, '--data', data, '--val-fraction', '0.2', '--seq-len', '32', '--batch-size', '2', '--lr', '1e-2', '--min-lr-ratio', '1', '--train-masses', '--eval-every', '2', '--save-every', '1', '--log-every', '1'];
+  const a = path.join(dir, 'a');
+  const ra = await gravity(['train', ...common, '--steps', '3', '--out', a]);
+  assert.equal(ra.code, 0, ra.stderr);
+  assert.match(ra.stderr, /data: 12 records -> \d+ windows of 32 tokens/);
+  assert.match(ra.stderr, /step 3\/3 loss \d/);
+  assert.match(ra.stderr, /done: 3 steps/);
+  const m = readMetrics(a);
+  const train = m.filter((x) => x.type === 'train');
+  assert.deepEqual(train.map((x) => x.step), [1, 2, 3]);
+  for (const t of train) assert.ok(Number.isFinite(t.loss) && t.loss > 0 && t.tokens > 0 && t.tokens_per_s > 0, JSON.stringify(t));
+  assert.deepEqual(m.filter((x) => x.type === 'eval').map((x) => x.step), [0, 2, 3]);
+  const keys = m.find((x) => x.type === 'modules').keys as string[];
+  assert.ok(keys.includes('layers.0.q_proj') && keys.includes('layers.1.mass'), keys.join());
+  const mass = m.filter((x) => x.type === 'mass');
+  assert.notDeepEqual(mass[0].mass, mass.at(-1).mass); // masses trained
+  for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'gravity_mass_log.safetensors', 'loss.png', 'loss.svg', 'masses.png', 'masses.svg', 'grad_norms.png', 'grad_norms.svg', 'run.json']) {
+    assert.ok(fs.existsSync(path.join(a, f)), f);
+  }
+  assert.deepEqual([...fs.readFileSync(path.join(a, 'loss.png')).subarray(1, 4)], [0x50, 0x4e, 0x47]);
+  for (const s of [1, 2, 3]) assert.ok(fs.existsSync(path.join(a, `checkpoint-${s}`, 'loop-state.json')));
+
+  // the same run in two parts: 2 steps, then --resume to 3 (constant lr, so the schedule agrees)
+  const b = path.join(dir, 'b');
+  const rb1 = await gravity(['train', ...common, '--steps', '2', '--out', b]);
+  assert.equal(rb1.code, 0, rb1.stderr);
+  const again = await gravity(['train', ...common, '--steps', '3', '--out', b]);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /already has checkpoint-2; pass --resume/);
+  const rb2 = await gravity(['train', ...common, '--steps', '3', '--resume', '--out', b]);
+  assert.equal(rb2.code, 0, rb2.stderr);
+  assert.match(rb2.stderr, /resuming from .*checkpoint-2 \(step 2\)/);
+  const tb = readMetrics(b).filter((x) => x.type === 'train');
+  assert.deepEqual(tb.map((x) => x.step), [1, 2, 3]);
+  assert.equal(tb[2].loss, train[2].loss, 'step 3 loss after resume equals the uninterrupted run');
+  assert.deepEqual(tb[2].gn, train[2].gn);
+
+  // merge the adapter (+ trained masses) into a standalone model folder
+  const merged = path.join(dir, 'merged');
+  const rm = await gravity(['merge', '--model', FIXTURE, '--adapter', a, '--out', merged]);
+  assert.equal(rm.code, 0, rm.stderr);
+  assert.ok(fs.readdirSync(merged).some((f) => f.endsWith('.safetensors')));
+  assert.ok(fs.existsSync(path.join(merged, 'config.json')));
+});
+
+test('gravity train: bad arguments and bad data give one-line errors', async () => {
+  const dir = tmpdir();
+  const data = idsFile(dir);
+  const base = ['train', '--model', FIXTURE, '--out', path.join(dir, 'o'), '--seq-len', '32'];
+  const same = await gravity([...base, '--data', data, '--val-data', data]);
+  assert.equal(same.code, 1);
+  assert.match(same.stderr, /gravity: --val-data .*d\.jsonl is the training file; validation must not overlap training/);
+  const bad = path.join(dir, 'bad.jsonl');
+  fs.writeFileSync(bad, '{"input_ids": [5, 6]}\n{"input_ids": [5,\n');
+  const rbad = await gravity([...base, '--data', bad]);
+  assert.equal(rbad.code, 1);
+  assert.match(rbad.stderr, /^gravity: .*bad\.jsonl:2: not valid JSON \(/m);
+  const both = await gravity([...base, '--data', data, '--steps', '2', '--epochs', '1']);
+  assert.match(both.stderr, /gravity: give --steps or --epochs, not both/);
+  const long = await gravity([...base.slice(0, -2), '--data', data, '--seq-len', '1000']);
+  assert.match(long.stderr, /gravity: --seq-len 1000 is longer than the model's max_position_embeddings 256/);
+});
