@@ -119,7 +119,7 @@ class Reporter {
       const w = 20;
       const fill = Math.round((step / total) * w);
       const line = `step ${step}/${total} [${'█'.repeat(fill)}${'·'.repeat(w - fill)}] ${stats} ETA ${fmtTime(eta)}`;
-      const width = Math.max(20, (this.stream.columns ?? 100) - 1);
+      const width = Math.max(20, (this.stream.columns || 100) - 1);
       this.stream.write('\r\x1b[2K' + (line.length > width ? line.slice(0, width - 1) + '…' : line));
       this.drawn = true;
     } else if (step % this.logEvery === 0 || step === total) {
