@@ -4,7 +4,7 @@ import { createCpuBackend } from '../backend/cpu/index.js';
 import { DEFAULT_EPS, parseMassInit } from '../attention/registry.js';
 import { fail } from '../errors.js';
 import { checkWeights, loadCheckpointFiles } from '../io/checkpoint.js';
-import { loadMasses } from '../io/masses.js';
+import { findMassesFile, loadMasses } from '../io/masses.js';
 import { Qwen2Model, uploadWeights } from './qwen2.js';
 import type { CausalLM } from './types.js';
 import type { HostTensor } from '../tensor/dtype.js';
@@ -56,7 +56,9 @@ export async function createBackend(device: DeviceName = 'cpu'): Promise<Backend
 }
 
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
-  const files = loadCheckpointFiles(dir, { masses: opts.masses });
+  // masses trained with an adapter live in the adapter folder and take precedence over the base's
+  const adapterMasses = opts.adapter && !opts.masses ? findMassesFile(opts.adapter) : null;
+  const files = loadCheckpointFiles(dir, { masses: opts.masses ?? adapterMasses ?? undefined });
   const cfg = files.config;
   checkWeights(files.weights, cfg);
   const attention = opts.attention ?? 'gravity';
