@@ -11,6 +11,9 @@ import { fromF32, toF32, type DType, type HostTensor } from '../src/tensor/dtype
 import { ropeForward, ropeInvFreq } from '../src/backend/cpu/ops.js';
 import { attentionForward, attentionProbs, type CpuKVLayer } from '../src/backend/cpu/attention.js';
 import { GravityError } from '../src/errors.js';
+import * as path from 'node:path';
+import { loadModel } from '../src/model/load.js';
+import { FIXTURES, INFERENCE_FIXTURES, argmax, loadExpected, relErr as fixtureErr } from './helpers/fixtures.js';
 
 let be: WebGPUBackend;
 
@@ -78,15 +81,17 @@ describe('webgpu backend', () => {
 
   test('linear: GEMV and GEMM paths, F32/F16/BF16, odd sizes, with and without bias', async () => {
     // each distinct (path, N, width, bias) is its own pipeline, and llvmpipe takes ~1 s to compile one, so the
-    // cases cover every path, width and bias form without the full cross product
+    // cases cover every path, width and bias form without the full cross product, mostly in the forms the
+    // fixture models below use too (pipelines are cached per backend)
     type Case = { N: number; IN: number; OUT: number; dt: DType; bias: DType | null };
     const cases: Case[] = [
       { N: 1, IN: 64, OUT: 67, dt: 'F32', bias: null }, // gemv, vector loads
       { N: 1, IN: 64, OUT: 67, dt: 'BF16', bias: 'BF16' },
       { N: 1, IN: 64, OUT: 67, dt: 'F16', bias: null },
-      { N: 3, IN: 37, OUT: 5, dt: 'F16', bias: 'F16' }, // gemv, scalar loads (odd IN)
+      { N: 3, IN: 37, OUT: 5, dt: 'F16', bias: null }, // gemv, scalar loads (odd IN)
       { N: 3, IN: 37, OUT: 5, dt: 'BF16', bias: null },
-      { N: 8, IN: 72, OUT: 33, dt: 'F32', bias: 'BF16' }, // gemv at its largest N; 72 % 8 = 0, 72 % 16 != 0
+      { N: 5, IN: 72, OUT: 33, dt: 'F32', bias: 'F16' }, // gemv, N rounded up to 8 (guarded)
+      { N: 8, IN: 72, OUT: 33, dt: 'F32', bias: 'F16' }, // gemv at its largest N; 72 % 8 = 0, 72 % 16 != 0
       { N: 9, IN: 37, OUT: 67, dt: 'BF16', bias: 'BF16' }, // gemm, everything ragged
       { N: 70, IN: 64, OUT: 130, dt: 'F16', bias: null }, // gemm, several tiles each way
       { N: 70, IN: 64, OUT: 130, dt: 'F32', bias: 'F32' },
@@ -215,7 +220,7 @@ describe('webgpu backend', () => {
 
     const shapes = [
       { Hq: 4, Hkv: 2, D: 16, label: 'GQA 4/2' },
-      { Hq: 3, Hkv: 3, D: 8, label: 'MHA 3' },
+      { Hq: 2, Hkv: 2, D: 16, label: 'MHA 2' },
     ];
     for (const kind of ['gravity', 'dot'] as const) {
       for (const { Hq, Hkv, D, label } of shapes) {
@@ -289,6 +294,50 @@ describe('webgpu backend', () => {
       attentionForward(want, q, host, cache.keyValid, B, T, 0, maxLen, p);
       close(await be.read(be.attention(be.fromF32(q, [T, Hq * D]), cache, 0, 0, T, p)), want, 'q = k gravity');
     });
+  });
+
+  describe('whole model against the PyTorch fixtures', () => {
+    // every fixture once (F32 GQA with biases, BF16 tied MHA, F16 Llama GQA 4:1), gravity on two, dot on one:
+    // each extra run costs llvmpipe shader compiles (~1 s per pipeline)
+    assert.equal(INFERENCE_FIXTURES.length, 3);
+    const runs = [
+      { name: 'qwen2-mha-tied-bf16', attn: 'gravity' as const },
+      { name: 'llama-gqa-f16', attn: 'gravity' as const },
+      { name: 'qwen2-gqa-f32', attn: 'dot' as const },
+    ];
+    for (const { name, attn } of runs) {
+      test(`${name} ${attn}: batch logits, left-padded batch, 16-token greedy decode`, async () => {
+        const exp = loadExpected(name);
+        const m = await loadModel(path.join(FIXTURES, name), { attention: attn, backend: be });
+        const ids: number[][] = exp.meta.input_ids;
+        const logits = await m.forward(m.newSession(ids.length, ids[0].length), ids, { logits: 'all' });
+        const e = fixtureErr(logits, exp.tensors.get(`${attn}.logits`)!.data);
+        if (process.env.WEBGPU_TEST_VERBOSE) console.log(`${name} ${attn} logits: ${e.toExponential(2)}`);
+        assert.ok(e <= 1e-4, `logits rel err ${e.toExponential(2)}`);
+
+        const pids: number[][] = exp.meta.padded_input_ids;
+        const mask: number[][] = exp.meta.padded_attention_mask;
+        const [B, T, V] = [pids.length, pids[0].length, m.config.vocabSize];
+        const pl = await m.forward(m.newSession(B, T), pids, { logits: 'all', attentionMask: mask });
+        const ref = exp.tensors.get(`${attn}.padded_logits`)!.data;
+        for (let b = 0; b < B; b++) {
+          const first = mask[b].indexOf(1);
+          const ep = fixtureErr(pl.subarray((b * T + first) * V, (b + 1) * T * V), ref.subarray((b * T + first) * V, (b + 1) * T * V));
+          assert.ok(ep <= 1e-4, `row ${b}: padded logits rel err ${ep.toExponential(2)}`);
+        }
+
+        const g = exp.meta[`${attn}_greedy`];
+        const s = m.newSession(1, 64);
+        let lg = await m.forward(s, [g.prompt]);
+        const out: number[] = [];
+        for (let i = 0; i < 16; i++) {
+          const next = argmax(lg);
+          out.push(next);
+          lg = await m.forward(s, [[next]]);
+        }
+        assert.deepEqual(out, g.tokens);
+      });
+    }
   });
 
   test('errors: a tensor over the binding limit names its size and the limit', () => {

@@ -11,6 +11,12 @@ import { GravityError } from '../../errors.js';
  */
 let nodeGpu: GPU | null = null;
 
+/** Dawn options for experiments, e.g. GRAVITY_DAWN_FLAGS='enable-dawn-features=allow_unsafe_apis,disable_robustness' */
+function dawnFlags(): string[] {
+  const f = process.env.GRAVITY_DAWN_FLAGS;
+  return f ? f.split(/\s+/).filter((s) => s) : [];
+}
+
 async function getGpu(): Promise<GPU | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
@@ -20,7 +26,7 @@ async function getGpu(): Promise<GPU | null> {
     // the GPUBufferUsage-style constants etc., without overwriting anything the host already defines
     const g = globalThis as Record<string, unknown>;
     for (const [k, v] of Object.entries(mod.globals as Record<string, unknown>)) if (!(k in g)) g[k] = v;
-    nodeGpu = mod.create([]);
+    nodeGpu = mod.create(dawnFlags());
   }
   return nodeGpu;
 }

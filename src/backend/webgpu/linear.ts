@@ -3,7 +3,8 @@
  *
  * GEMV (N <= GEMV_MAX_N, decode): memory bound, so the point is reading w once, coalesced: 32 lanes walk one
  * weight row along IN in vector loads (vec4<f32>, or vec4<u32> = 8 halves), each lane keeps N partial sums,
- * and the 32 lanes reduce in workgroup memory. 8 rows per 256-thread workgroup.
+ * and the 32 lanes reduce in workgroup memory. 8 rows per 256-thread workgroup. The shader is specialised for
+ * N in {1, 2, 4, 8} (unrolled accumulators); other N use the next size up with uniform guards.
  *
  * GEMM (prefill): 64x64 output tiles, 16-deep K slices staged in workgroup memory, 4x4 outputs per thread
  * taken with stride 16 so that workgroup-memory reads do not collide and stores are coalesced.
@@ -15,7 +16,14 @@ export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
 
+/** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
+function gemvBucket(N: number): number {
+  return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+}
+
 function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): string {
+  // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
+  const guard = N === 1 ? '' : 'if (n < p.N) ';
   const xDecl = vec
     ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
     : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
@@ -23,13 +31,13 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): s
   if (!vec) {
     body = `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
-      for (var n = 0u; n < ${N}u; n++) { acc[n] += wv * x[n * p.IN + k]; }
+      for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
   } else if (dt === 'F32') {
     body = `let K4 = p.IN / 4u;
     for (var k = lane; k < K4; k += ${LANES}u) {
       let wv = w[o * K4 + k];
-      for (var n = 0u; n < ${N}u; n++) { acc[n] += dot(wv, x[n * K4 + k]); }
+      for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(wv, x[n * K4 + k]); } }
     }`;
   } else {
     body = `let K4 = p.IN / 4u;
@@ -38,10 +46,10 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): s
       let pk = w[o * K8 + k];
       let a = lo_w(pk);
       let b = hi_w(pk);
-      for (var n = 0u; n < ${N}u; n++) { acc[n] += dot(a, x[n * K4 + 2u * k]) + dot(b, x[n * K4 + 2u * k + 1u]); }
+      for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k]) + dot(b, x[n * K4 + 2u * k + 1u]); } }
     }`;
   }
-  return `struct P { IN: u32, OUT: u32 }
+  return `struct P { IN: u32, OUT: u32, N: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecl}
 ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
@@ -66,7 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
   }
   if (lane == 0u && o < p.OUT) {
-    for (var n = 0u; n < ${N}u; n++) { y[n * p.OUT + o] = red[n * ${LANES * ROWS}u + lid]${bias ? ' + ld_bias(o)' : ''}; }
+    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = red[n * ${LANES * ROWS}u + lid]${bias ? ' + ld_bias(o)' : ''}; } }
   }
 }`;
 }
@@ -140,8 +148,9 @@ export function linearKernel(
   const bias = b ? bdt : null;
   if (N <= GEMV_MAX_N) {
     const vec = IN % vecWidth(wdt) === 0;
-    const pl = ctx.pipeline(`gemv:${N}:${wdt}:${vec}:${bias}`, () => gemvShader(N, wdt, vec, bias));
-    ctx.dispatch(pl, new Params().u(IN, OUT), binds, ctx.grid(Math.ceil(OUT / ROWS)));
+    const NB = gemvBucket(N);
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}`, () => gemvShader(NB, wdt, vec, bias));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }
   const gx = Math.ceil(OUT / TM);
