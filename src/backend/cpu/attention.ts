@@ -25,6 +25,11 @@ export function attentionForward(
   const group = Hq / Hkv;
   const gravity = p.kind === 'gravity';
   const acc = new Float64Array(D);
+  const K = layer.k;
+  const V = layer.v;
+  const KN = layer.kn;
+  const eps = p.eps;
+  const scale = p.scale;
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const slot = start + t;
@@ -36,31 +41,44 @@ export function attentionForward(
         let qn = 0;
         for (let d = 0; d < D; d++) qn += q[qo + d] * q[qo + d];
         const m2 = gravity ? p.massSq![h] : 0;
-        // one pass: when a larger score arrives, rescale what was accumulated so far by exp(old max - new max)
-        let mx = -Infinity;
+        // The gravity score is bounded, 0 < s <= M²/ε, so M²/ε can stand in for the running max: exp(s - M²/ε)
+        // never overflows and, while M²/ε < 600, never underflows to a zero sum. That drops the compare and
+        // the rescaling from the inner loop. Otherwise (dot, or huge masses): the classic online softmax.
+        const fixedMax = gravity && m2 / p.eps < 600;
+        let mx = fixedMax ? m2 / p.eps : -Infinity;
         let sum = 0;
         acc.fill(0);
+        const vb = b * maxLen;
         for (let j = 0; j <= slot; j++) {
-          if (!keyValid[b * maxLen + j]) continue;
+          if (!keyValid[vb + j]) continue;
           const ko = (kvBase + j) * D;
           let dot = 0;
-          for (let d = 0; d < D; d++) dot += q[qo + d] * layer.k[ko + d];
-          let s: number;
-          if (gravity) {
-            let d2 = qn + layer.kn[kvBase + j] - 2 * dot;
-            if (d2 < 0) d2 = 0;
-            s = m2 / (d2 + p.eps);
-          } else s = p.scale * dot;
+          for (let d = 0; d < D; d++) dot += q[qo + d] * K[ko + d];
           let e: number;
-          if (s > mx) {
-            const c = Math.exp(mx - s);
-            sum *= c;
-            for (let d = 0; d < D; d++) acc[d] *= c;
-            mx = s;
-            e = 1;
-          } else e = Math.exp(s - mx);
+          if (gravity) {
+            let d2 = qn + KN[kvBase + j] - 2 * dot;
+            if (d2 < 0) d2 = 0;
+            const s = m2 / (d2 + eps);
+            if (fixedMax) e = Math.exp(s - mx);
+            else if (s > mx) {
+              const c = Math.exp(mx - s);
+              sum *= c;
+              for (let d = 0; d < D; d++) acc[d] *= c;
+              mx = s;
+              e = 1;
+            } else e = Math.exp(s - mx);
+          } else {
+            const s = scale * dot;
+            if (s > mx) {
+              const c = Math.exp(mx - s);
+              sum *= c;
+              for (let d = 0; d < D; d++) acc[d] *= c;
+              mx = s;
+              e = 1;
+            } else e = Math.exp(s - mx);
+          }
           sum += e;
-          for (let d = 0; d < D; d++) acc[d] += e * layer.v[ko + d];
+          for (let d = 0; d < D; d++) acc[d] += e * V[ko + d];
         }
         // a query with no valid key (a padding row) outputs zeros
         const inv = sum > 0 ? 1 / sum : 0;
