@@ -220,3 +220,65 @@ test('matmul wasm: every finite f16 and bf16 bit pattern widens exactly (SIMD an
   }
   e.close();
 });
+
+/** dW [OUT, IN] = dyᵀ x in f64, with the magnitude bound; only the entries in `pick` (all when null) */
+function refWeightGrad(dy: Float32Array, x: Float32Array, N: number, OUT: number, IN: number, pick: number[] | null) {
+  const dw = new Float64Array(OUT * IN);
+  const s = new Float64Array(OUT * IN);
+  const idx = pick ?? [...Array(OUT * IN).keys()];
+  for (const e of idx) {
+    const o = Math.floor(e / IN), i = e % IN;
+    let a = 0, m = 0;
+    for (let n = 0; n < N; n++) {
+      const p = dy[n * OUT + o] * x[n * IN + i];
+      a += p;
+      m += Math.abs(p);
+    }
+    dw[e] = a;
+    s[e] = m;
+  }
+  return { dw, s };
+}
+
+for (const [name, make] of engines) {
+  test(`matmul ${name}: linearBackwardWeight matches a float64 reference on odd shapes`, async () => {
+    const e = make();
+    if (name === 'wasm t2') {
+      const ready = () => (e as unknown as { workersReady(): number }).workersReady();
+      for (let i = 0; i < 500 && ready() < 1; i++) await new Promise((r) => setTimeout(r, 10));
+    }
+    let seed = 500;
+    // tails of the 4-row and 8-column tiles, N crossing the 128-row block, a single row / column
+    const cases: [number, number, number][] = [[1, 1, 1], [3, 5, 7], [17, 37, 53], [129, 53, 37], [300, 9, 130], [64, 256, 96], [7, 1, 9], [5, 13, 1]];
+    for (const [N, OUT, IN] of cases) {
+      const dy = randF32(N * OUT, seed++);
+      const x = randF32(N * IN, seed++);
+      const want = refWeightGrad(dy, x, N, OUT, IN, null);
+      close(e.linearBackwardWeight(dy, x, N, OUT, IN), want.dw, want.s, `${name} dW N=${N} OUT=${OUT} IN=${IN}`);
+      const out = new Float32Array(OUT * IN + 3).fill(123);
+      e.linearBackwardWeight(dy, x, N, OUT, IN, out);
+      close(out, want.dw, want.s, `${name} dW out= N=${N}`);
+      assert.equal(out[OUT * IN], 123, 'dW wrote past OUT*IN');
+    }
+    assert.deepEqual([...e.linearBackwardWeight(new Float32Array(0), new Float32Array(0), 0, 2, 2, new Float32Array(4).fill(7))], [0, 0, 0, 0]);
+    assert.throws(() => e.linearBackwardWeight(new Float32Array(5), new Float32Array(6), 2, 3, 3), /dy has 5 values, needs N\*OUT = 6/);
+    if (name === 'wasm t2') assert.ok((e as unknown as { workerChunks(): number }).workerChunks() > 0, 'the worker computed no dW chunk');
+    e.close();
+  });
+}
+
+test('matmul wasm: linearBackwardWeight larger than the scratch is chunked over OUT and N', () => {
+  const e = createMatmulEngine({ threads: 2, parallelThreshold: 0 });
+  const N = 1000, OUT = 5003, IN = 1001; // dW 20 MB > half the 32 MB scratch; dy + x chunks of ~800 rows
+  const dy = randF32(N * OUT, 601);
+  const x = randF32(N * IN, 602);
+  const r = rng(603);
+  const pick = Array.from({ length: 300 }, () => Math.floor((r() + 0.5) * OUT * IN));
+  pick.push(0, OUT * IN - 1, 4188 * IN, 4187 * IN + IN - 1); // first/last entries and the first chunk boundary
+  const want = refWeightGrad(dy, x, N, OUT, IN, pick);
+  const got = e.linearBackwardWeight(dy, x, N, OUT, IN);
+  const g = new Float32Array(pick.length), w = new Float64Array(pick.length), s = new Float64Array(pick.length);
+  pick.forEach((p, k) => { g[k] = got[p]; w[k] = want.dw[p]; s[k] = want.s[p]; });
+  close(g, w, s, 'chunked dW');
+  e.close();
+});

@@ -293,3 +293,97 @@ export function bwd(dt: i32, dy: usize, N: usize, w: usize, IN: usize, OUT: usiz
   else if (dt == 0) bwdT<f32>(dy, N, w, IN, OUT, dx, i0, i1);
   else bwdT<i16>(dy, N, w, IN, OUT, dx, i0, i1);
 }
+
+// N-block of the weight-gradient pass: 128 activation rows x IN f32 stay in L2 while every 4-row block of dW
+// walks over them (dW itself is loaded and stored once per N-block, 1/128 of the multiply-adds).
+const NB: usize = 128;
+
+/**
+ * dW[o, i] (+)= sum_n dy[n, o] x[n, i] for o in [o0, o1); dy [N, OUT], x [N, IN], dW [OUT, IN], all f32.
+ * acc = 0 overwrites dW rows [o0, o1), else adds to them (the host accumulates over chunks of N).
+ * 4 dW rows x 8 columns per register tile: one 16-byte dy load gives the 4 row scales of a step of n.
+ */
+export function dw(dy: usize, N: usize, OUT: usize, x: usize, IN: usize, dW: usize, o0: usize, o1: usize, acc: i32): void {
+  const dyrow = OUT << 2;
+  const xrow = IN << 2;
+  const wrow = IN << 2;
+  if (acc == 0) for (let o = o0; o < o1; o++) memory.fill(dW + o * wrow, 0, IN << 2);
+  for (let nb: usize = 0; nb < N; nb += NB) {
+    const ne = min<usize>(nb + NB, N);
+    let o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const r0 = dW + o * wrow;
+      const r1 = r0 + wrow;
+      const r2 = r1 + wrow;
+      const r3 = r2 + wrow;
+      let i: usize = 0;
+      for (; i + 8 <= IN; i += 8) {
+        const ib = i << 2;
+        let a0 = v128.load(r0 + ib), a1 = v128.load(r0 + ib, 16);
+        let b0 = v128.load(r1 + ib), b1 = v128.load(r1 + ib, 16);
+        let c0 = v128.load(r2 + ib), c1 = v128.load(r2 + ib, 16);
+        let d0 = v128.load(r3 + ib), d1 = v128.load(r3 + ib, 16);
+        let gp = dy + nb * dyrow + (o << 2);
+        let xp = x + nb * xrow + ib;
+        for (let n = nb; n < ne; n++) {
+          const g = v128.load(gp);
+          const x0 = v128.load(xp);
+          const x1 = v128.load(xp, 16);
+          let s = v128.shuffle<f32>(g, g, 0, 0, 0, 0);
+          a0 = f32x4.add(a0, f32x4.mul(s, x0));
+          a1 = f32x4.add(a1, f32x4.mul(s, x1));
+          s = v128.shuffle<f32>(g, g, 1, 1, 1, 1);
+          b0 = f32x4.add(b0, f32x4.mul(s, x0));
+          b1 = f32x4.add(b1, f32x4.mul(s, x1));
+          s = v128.shuffle<f32>(g, g, 2, 2, 2, 2);
+          c0 = f32x4.add(c0, f32x4.mul(s, x0));
+          c1 = f32x4.add(c1, f32x4.mul(s, x1));
+          s = v128.shuffle<f32>(g, g, 3, 3, 3, 3);
+          d0 = f32x4.add(d0, f32x4.mul(s, x0));
+          d1 = f32x4.add(d1, f32x4.mul(s, x1));
+          gp += dyrow;
+          xp += xrow;
+        }
+        v128.store(r0 + ib, a0); v128.store(r0 + ib, a1, 16);
+        v128.store(r1 + ib, b0); v128.store(r1 + ib, b1, 16);
+        v128.store(r2 + ib, c0); v128.store(r2 + ib, c1, 16);
+        v128.store(r3 + ib, d0); v128.store(r3 + ib, d1, 16);
+      }
+      for (; i < IN; i++) {
+        const ib = i << 2;
+        let s0: f32 = load<f32>(r0 + ib), s1: f32 = load<f32>(r1 + ib), s2: f32 = load<f32>(r2 + ib), s3: f32 = load<f32>(r3 + ib);
+        for (let n = nb; n < ne; n++) {
+          const xv = load<f32>(x + n * xrow + ib);
+          const gp = dy + n * dyrow + (o << 2);
+          s0 += load<f32>(gp) * xv;
+          s1 += load<f32>(gp, 4) * xv;
+          s2 += load<f32>(gp, 8) * xv;
+          s3 += load<f32>(gp, 12) * xv;
+        }
+        store<f32>(r0 + ib, s0); store<f32>(r1 + ib, s1); store<f32>(r2 + ib, s2); store<f32>(r3 + ib, s3);
+      }
+    }
+    // tail rows one at a time
+    for (; o < o1; o++) {
+      const r0 = dW + o * wrow;
+      let i: usize = 0;
+      for (; i + 8 <= IN; i += 8) {
+        const ib = i << 2;
+        let a0 = v128.load(r0 + ib), a1 = v128.load(r0 + ib, 16);
+        for (let n = nb; n < ne; n++) {
+          const s = v128.load_splat<f32>(dy + n * dyrow + (o << 2));
+          const xp = x + n * xrow + ib;
+          a0 = f32x4.add(a0, f32x4.mul(s, v128.load(xp)));
+          a1 = f32x4.add(a1, f32x4.mul(s, v128.load(xp, 16)));
+        }
+        v128.store(r0 + ib, a0); v128.store(r0 + ib, a1, 16);
+      }
+      for (; i < IN; i++) {
+        const ib = i << 2;
+        let s: f32 = load<f32>(r0 + ib);
+        for (let n = nb; n < ne; n++) s += load<f32>(dy + n * dyrow + (o << 2)) * load<f32>(x + n * xrow + ib);
+        store<f32>(r0 + ib, s);
+      }
+    }
+  }
+}

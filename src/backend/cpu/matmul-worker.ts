@@ -14,18 +14,18 @@ type WorkerThreads = typeof import('node:worker_threads');
 export const CTL = {
   GEN: 0, // bumped by the main thread for each job
   DONE: 1, // workers that finished the current job
-  OP: 2, // 0 forward, 1 backward, -1 exit
+  OP: 2, // 0 forward, 1 backward, 2 weight gradient, -1 exit
   ARENA: 3,
   DT: 4,
   A: 5, // x (forward) or dy (backward)
   N: 6,
-  W: 7,
+  W: 7, // the weight (forward / backward) or x (weight gradient)
   IN: 8,
   OUT: 9,
-  BIAS: 10,
+  BIAS: 10, // bias pointer, or the accumulate flag of the weight gradient
   Y: 11, // y (forward) or dx (backward)
   ERR: 12, // set to 1 by a worker whose kernel threw
-  TOTAL: 13, // rows (forward) or columns (backward) to compute
+  TOTAL: 13, // rows (forward, weight gradient) or columns (backward) to compute
   CHUNK: 14, // claimed per grab, a multiple of the kernel's tile width
   NEXT: 15, // next unclaimed row / column
   JOIN: 16, // workers that joined the current job, -1 once the main thread has closed it
@@ -83,7 +83,8 @@ for (;;) {
       if (r0 >= total) break;
       const r1 = Math.min(r0 + chunk, total);
       if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1, tmp);
-      else k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
+      else if (op === 1) k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
+      else k.dw(ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.OUT}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.Y}], r0, r1, ctl[${CTL.BIAS}]);
       Atomics.add(ctl, ${CTL.WORKER_CHUNKS}, 1);
     }
   } catch (e) {

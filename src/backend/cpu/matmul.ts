@@ -28,6 +28,11 @@ export interface MatmulEngine {
   linear(x: Float32Array, N: number, w: PreparedWeight, bias: Float32Array | null, out?: Float32Array): Float32Array;
   /** dx[N, IN] = dy[N, OUT] · W (backward to the input); `out` (length >= N*IN) is overwritten. */
   linearBackwardInput(dy: Float32Array, N: number, w: PreparedWeight, out?: Float32Array): Float32Array;
+  /**
+   * dW[OUT, IN] = dy[N, OUT]ᵀ · x[N, IN] (the weight gradient of y = x·Wᵀ) on plain f32 arrays; `out`
+   * (length >= OUT*IN) is overwritten. Training calls it once per trainable linear per micro-batch.
+   */
+  linearBackwardWeight(dy: Float32Array, x: Float32Array, N: number, OUT: number, IN: number, out?: Float32Array): Float32Array;
   /** Stops the worker threads (optional: they never keep the process alive). The engine is unusable after. */
   close(): void;
   readonly threads: number;
@@ -69,6 +74,15 @@ function checkWeight(w: HostTensor): { dtype: 'F32' | 'F16' | 'BF16'; rows: numb
   return fail(`matmul: weight dtype ${w.dtype} is not a float type (F32/F16/BF16/F64)`);
 }
 
+function checkWeightGradCall(dy: Float32Array, x: Float32Array, N: number, OUT: number, IN: number, out: Float32Array | undefined): void {
+  for (const [k, v] of [['N', N], ['OUT', OUT], ['IN', IN]] as const) {
+    if (!Number.isInteger(v) || v < 0) fail(`matmul.linearBackwardWeight: ${k} must be a non-negative integer, got ${v}`);
+  }
+  if (dy.length < N * OUT) fail(`matmul.linearBackwardWeight: dy has ${dy.length} values, needs N*OUT = ${N * OUT}`);
+  if (x.length < N * IN) fail(`matmul.linearBackwardWeight: x has ${x.length} values, needs N*IN = ${N * IN}`);
+  if (out && out.length < OUT * IN) fail(`matmul.linearBackwardWeight: out has ${out.length} values, needs OUT*IN = ${OUT * IN}`);
+}
+
 function checkCall(a: Float32Array, N: number, aCols: number, out: Float32Array | undefined, outCols: number, what: string): void {
   if (!Number.isInteger(N) || N < 0) fail(`matmul.${what}: N must be a non-negative integer, got ${N}`);
   if (a.length < N * aCols) fail(`matmul.${what}: input has ${a.length} values, needs N*${aCols} = ${N * aCols}`);
@@ -91,6 +105,7 @@ const ALIGN = 64;
 interface Kernels {
   fwd(dt: number, x: number, N: number, w: number, IN: number, OUT: number, bias: number, y: number, o0: number, o1: number, tmp: number): void;
   bwd(dt: number, dy: number, N: number, w: number, IN: number, OUT: number, dx: number, i0: number, i1: number): void;
+  dw(dy: number, N: number, OUT: number, x: number, IN: number, dW: number, o0: number, o1: number, acc: number): void;
 }
 
 class Arena {
@@ -255,6 +270,69 @@ class WasmEngine implements MatmulEngine {
     return dx;
   }
 
+  /** The arena whose scratch the weight-gradient pass uses (the first; made when no weight was prepared yet). */
+  private scratchArena(): Arena {
+    if (this.arenas.length === 0) {
+      const a = new Arena(0, this.module);
+      this.arenas.push(a);
+      this.pool?.addArena(0, a.memory);
+    }
+    return this.arenas[0];
+  }
+
+  linearBackwardWeight(dy: Float32Array, x: Float32Array, N: number, OUT: number, IN: number, out?: Float32Array): Float32Array {
+    checkWeightGradCall(dy, x, N, OUT, IN, out);
+    const dW = out ?? new Float32Array(OUT * IN);
+    if (OUT * IN === 0) return dW;
+    if (N === 0) {
+      dW.fill(0, 0, OUT * IN);
+      return dW;
+    }
+    const arena = this.scratchArena();
+    const space = SCRATCH - 4 * ALIGN;
+    // dW rows resident per pass: at most half the scratch, a multiple of 4 (the kernel's row tile)
+    let oc = Math.min(OUT, Math.floor(space / 2 / (IN * 4)));
+    if (oc < OUT) oc = Math.max(4, oc - (oc % 4));
+    const nc = Math.floor((space - oc * IN * 4) / ((IN + oc) * 4));
+    if (oc < 1 || nc < 1) fail(`matmul.linearBackwardWeight: rows of ${IN} values are too wide for the ${SCRATCH >> 20} MB scratch`);
+    const f32 = arena.f32;
+    const dwOff = RESERVED;
+    const xOff = dwOff + Math.ceil((oc * IN * 4) / ALIGN) * ALIGN;
+    for (let o0 = 0; o0 < OUT; o0 += oc) {
+      const m = Math.min(oc, OUT - o0);
+      for (let n0 = 0; n0 < N; n0 += nc) {
+        const n = Math.min(nc, N - n0);
+        const dyOff = xOff + Math.ceil((n * IN * 4) / ALIGN) * ALIGN;
+        f32.set(x.subarray(n0 * IN, (n0 + n) * IN), xOff / 4);
+        if (m === OUT) f32.set(dy.subarray(n0 * OUT, (n0 + n) * OUT), dyOff / 4);
+        else for (let r = 0; r < n; r++) f32.set(dy.subarray((n0 + r) * OUT + o0, (n0 + r) * OUT + o0 + m), dyOff / 4 + r * m);
+        this.dispatchDw(arena, dyOff, n, m, xOff, IN, dwOff, n0 > 0 ? 1 : 0);
+      }
+      dW.set(f32.subarray(dwOff / 4, dwOff / 4 + m * IN), o0 * IN);
+    }
+    return dW;
+  }
+
+  private dispatchDw(arena: Arena, dy: number, N: number, OUT: number, x: number, IN: number, dW: number, acc: number): void {
+    const k = arena.k;
+    if (this.pool === null || N * OUT * IN < this.threshold || OUT <= 4) {
+      k.dw(dy, N, OUT, x, IN, dW, 0, OUT, acc);
+      return;
+    }
+    const ctl = this.ctl;
+    ctl[CTL.OP] = 2;
+    ctl[CTL.ARENA] = arena.id;
+    ctl[CTL.A] = dy;
+    ctl[CTL.N] = N;
+    ctl[CTL.W] = x;
+    ctl[CTL.IN] = IN;
+    ctl[CTL.OUT] = OUT;
+    ctl[CTL.BIAS] = acc;
+    ctl[CTL.Y] = dW;
+    const chunk = Math.ceil(OUT / (4 * this.threads) / 4) * 4;
+    this.pool.run(OUT, chunk, (r0, r1) => k.dw(dy, N, OUT, x, IN, dW, r0, r1, acc));
+  }
+
   private chunkRows(space: number, floatsPerRow: number, what: string, w: WasmWeight): number {
     const rows = Math.floor((space - 2 * ALIGN) / (floatsPerRow * 4));
     if (rows < 1) fail(`matmul.${what}: weight [${w.rows}, ${w.cols}] is too wide for the ${SCRATCH >> 20} MB scratch`);
@@ -414,6 +492,22 @@ class JsEngine implements MatmulEngine {
       }
     }
     return y;
+  }
+
+  linearBackwardWeight(dy: Float32Array, x: Float32Array, N: number, OUT: number, IN: number, out?: Float32Array): Float32Array {
+    checkWeightGradCall(dy, x, N, OUT, IN, out);
+    const dW = out ?? new Float32Array(OUT * IN);
+    dW.fill(0, 0, OUT * IN);
+    for (let n = 0; n < N; n++) {
+      const xr = x.subarray(n * IN, n * IN + IN);
+      for (let o = 0; o < OUT; o++) {
+        const g = dy[n * OUT + o];
+        if (g === 0) continue;
+        const base = o * IN;
+        for (let i = 0; i < IN; i++) dW[base + i] += g * xr[i];
+      }
+    }
+    return dW;
   }
 
   linearBackwardInput(dy: Float32Array, N: number, w: PreparedWeight, out?: Float32Array): Float32Array {
