@@ -148,16 +148,16 @@ test('embedding backward scatters rows (repeated ids add up)', () => {
   assert.ok(fdCheck(table, data(d), loss) < TOL);
 });
 
-for (const kind of ['gravity', 'dot'] as const) {
+for (const kind of ['gravity', 'dot', 'gravity-pure'] as const) {
   for (const [Hq, Hkv] of [[4, 2], [3, 3]]) {
-    test(`attention backward ${kind} ${Hq === Hkv ? 'MHA' : 'GQA'}: dq, dk, dv${kind === 'gravity' ? ', dmass_log' : ''} match finite differences`, () => {
+    test(`attention backward ${kind} ${Hq === Hkv ? 'MHA' : 'GQA'}: dq, dk, dv${kind !== 'dot' ? ', dmass_log' : ''} match finite differences`, () => {
       const [B, T, D] = [2, 7, 4];
       const q = rand(B * T * Hq * D, 20, 0.6);
       const k = rand(B * T * Hkv * D, 21, 0.6);
       const v = rand(B * T * Hkv * D, 22);
       const ml = rand(Hq, 23, 1.5);
       const r = rand(B * T * Hq * D, 24);
-      const p = (): TrainAttentionParams => ({ kind, numHeads: Hq, numKVHeads: Hkv, headDim: D, massLog: kind === 'gravity' ? ml : null, eps: 0.1, scale: 1 / Math.sqrt(D) });
+      const p = (): TrainAttentionParams => ({ kind, numHeads: Hq, numKVHeads: Hkv, headDim: D, massLog: kind !== 'dot' ? ml : null, eps: 0.1, scale: 1 / Math.sqrt(D) });
       const run = () => ops.attentionForwardTrain(ops.fromHost(q, [B * T, Hq * D]), ops.fromHost(k, [B * T, Hkv * D]), ops.fromHost(v, [B * T, Hkv * D]), B, T, p());
       const loss = () => dot(r, data(run().out));
       const { out, lse } = run();
@@ -169,7 +169,14 @@ for (const kind of ['gravity', 'dot'] as const) {
       assert.ok(fdCheck(k, data(g.dk), loss) < 1e-5, 'dk');
       assert.ok(fdCheck(v, data(g.dv), loss) < 1e-5, 'dv');
       if (kind === 'gravity') assert.ok(fdCheck(ml, data(g.dMassLog!), loss) < 1e-5, 'dmass_log');
-      else assert.equal(g.dMassLog, null);
+      else if (kind === 'gravity-pure') {
+        // M² cancels in s / Σ s: the loss does not depend on the mass, analytically or numerically
+        for (const dm of data(g.dMassLog!)) assert.ok(Math.abs(dm) < 1e-12, `pure dmass_log ${dm}`);
+        const l0 = loss();
+        ml[0] += 0.7;
+        assert.ok(Math.abs(loss() - l0) < 1e-12 * Math.max(1, Math.abs(l0)), 'pure output changed with the mass');
+        ml[0] -= 0.7;
+      } else assert.equal(g.dMassLog, null);
       // causal: the last key of each sequence only gets gradient from the last query
       const lse2 = data(lse);
       assert.ok(lse2.every(Number.isFinite));
@@ -210,4 +217,33 @@ test('cross-entropy with ignored labels matches finite differences; ignored rows
   let s = 0;
   for (let i = 0; i < V; i++) s += Math.exp(logits[i]);
   assert.ok(Math.abs(data(l)[0] - (Math.log(s) - logits[3])) < 1e-12);
+});
+
+test('gravity-pure forward: weights are s / Σ s over the causal keys (explicit reference)', () => {
+  const [B, T, Hq, Hkv, D] = [2, 5, 4, 2, 3];
+  const q = rand(B * T * Hq * D, 50);
+  const k = rand(B * T * Hkv * D, 51);
+  const v = rand(B * T * Hkv * D, 52);
+  const ml = rand(Hq, 53);
+  const eps = 0.05;
+  const p: TrainAttentionParams = { kind: 'gravity-pure', numHeads: Hq, numKVHeads: Hkv, headDim: D, massLog: ml, eps, scale: 1 };
+  const got = data(ops.attentionForwardTrain(ops.fromHost(q, [B * T, Hq * D]), ops.fromHost(k, [B * T, Hkv * D]), ops.fromHost(v, [B * T, Hkv * D]), B, T, p).out);
+  let worst = 0;
+  for (let b = 0; b < B; b++) for (let h = 0; h < Hq; h++) for (let i = 0; i < T; i++) {
+    const kv = Math.floor(h / (Hq / Hkv));
+    const m = Math.log1p(Math.exp(ml[h]));
+    const s: number[] = [];
+    for (let j = 0; j <= i; j++) {
+      let d2 = 0;
+      for (let d = 0; d < D; d++) d2 += (q[((b * T + i) * Hq + h) * D + d] - k[((b * T + j) * Hkv + kv) * D + d]) ** 2;
+      s.push((m * m) / (d2 + eps));
+    }
+    const S = s.reduce((a, c) => a + c, 0);
+    for (let d = 0; d < D; d++) {
+      let o = 0;
+      for (let j = 0; j <= i; j++) o += (s[j] / S) * v[((b * T + j) * Hkv + kv) * D + d];
+      worst = Math.max(worst, Math.abs(o - got[((b * T + i) * Hq + h) * D + d]));
+    }
+  }
+  assert.ok(worst < 1e-12, `max error ${worst}`);
 });

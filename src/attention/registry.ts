@@ -3,13 +3,23 @@
  * the parameters of the kernel; the kernels themselves (cpu, webgpu) implement each kind.
  *   gravity: softmax_j( M_h² / (|q_i - k_j|² + ε) ),  M_h = softplus(mass_log[h]),  no 1/sqrt(d) scale
  *   dot:     softmax_j( q_i·k_j / sqrt(d) )
+ *   gravity-pure: s_ij / Σ_j' s_ij' with s_ij = M_h² / (|q_i - k_j|² + ε)   (the issue's "pure gravity")
+ *
+ * Finding about gravity-pure: M_h² is one constant per head, so it cancels between numerator and denominator;
+ * the output does not depend on the mass at all and the mass gradient is exactly 0. It is implemented as the
+ * issue states anyway (masses are still read and saved) so that experiments can show it.
  */
 import type { AttentionKind, AttentionParams } from '../backend/backend.js';
 import { fail } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { softplus } from '../backend/cpu/ops.js';
 
-export const ATTENTION_KINDS: readonly AttentionKind[] = ['gravity', 'dot'];
+export const ATTENTION_KINDS: readonly AttentionKind[] = ['gravity', 'dot', 'gravity-pure'];
+
+/** The kinds whose scores use the per-head masses. */
+export function usesMasses(kind: AttentionKind): boolean {
+  return kind === 'gravity' || kind === 'gravity-pure';
+}
 
 /** The card's softening length. */
 export const DEFAULT_EPS = 0.1;
@@ -33,8 +43,8 @@ const massSqCache = new WeakMap<Float32Array, Float32Array>();
 
 export function attentionParams(kind: AttentionKind, cfg: ModelConfig, massLog: Float32Array | undefined, eps: number): AttentionParams {
   let massSq: Float32Array | null = null;
-  if (kind === 'gravity') {
-    if (!massLog) fail('gravity attention needs masses (gravity_mass_log) for every layer');
+  if (usesMasses(kind)) {
+    if (!massLog) fail(`${kind} attention needs masses (gravity_mass_log) for every layer`);
     massSq = massSqCache.get(massLog) ?? null;
     if (!massSq) massSqCache.set(massLog, (massSq = massSquared(massLog)));
   }

@@ -13,14 +13,18 @@ export interface Tensor {
   readonly dtype: DType;
 }
 
-export type AttentionKind = 'gravity' | 'dot';
+/**
+ * gravity: softmax of M²/(d² + ε); dot: softmax of scaled q·k; gravity-pure: the same gravity scores normalised
+ * by their sum (no softmax, no exponential). See attention/registry.ts.
+ */
+export type AttentionKind = 'gravity' | 'dot' | 'gravity-pure';
 
 export interface AttentionParams {
   kind: AttentionKind;
   numHeads: number;
   numKVHeads: number;
   headDim: number;
-  /** gravity: per query head M_h² = softplus(mass_log[h])², length numHeads. Unused for dot. */
+  /** gravity, gravity-pure: per query head M_h² = softplus(mass_log[h])², length numHeads. Unused for dot. */
   massSq: Float32Array | null;
   /** gravity softening ε (card: 0.1). */
   eps: number;

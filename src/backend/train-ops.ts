@@ -16,7 +16,7 @@ export interface TrainAttentionParams {
   numHeads: number;
   numKVHeads: number;
   headDim: number;
-  /** gravity: raw mass_log per query head [numHeads] (M = softplus(mass_log)); null for dot */
+  /** gravity / gravity-pure: raw mass_log per query head [numHeads] (M = softplus(mass_log)); null for dot */
   massLog: Float64Array | null;
   /** gravity softening ε */
   eps: number;
@@ -78,7 +78,8 @@ export interface TrainOps {
   attentionForwardTrain(q: Tensor, k: Tensor, v: Tensor, B: number, T: number, p: TrainAttentionParams): { out: Tensor; lse: Tensor };
   /**
    * FlashAttention-2 style backward: probabilities are recomputed from q, k and lse (no [T x T] matrix kept).
-   * dk / dv of a KV head sum over its query heads. dMassLog [Hq] for gravity, null for dot.
+   * dk / dv of a KV head sum over its query heads. dMassLog [Hq] for gravity kinds, null for dot. gravity-pure
+   * (no softmax) keeps log Σ_j s_ij in lse.
    */
   attentionBackward(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, B: number, T: number, p: TrainAttentionParams,

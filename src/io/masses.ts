@@ -1,4 +1,8 @@
-/** gravity_mass_log files: raw (pre-softplus) mass per query head per layer, from .pt or .safetensors. */
+/**
+ * gravity_mass_log files: raw (pre-softplus) masses per layer, from .pt or .safetensors: one per query head
+ * ([numHeads] per layer), or one per KV group ([numKVHeads] per layer, written by `gravity train
+ * --mass-per-group`), which is expanded to the query heads of each group on load.
+ */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fail } from '../errors.js';
@@ -30,7 +34,7 @@ function fromNamed(
   keys: string[],
   get: (key: string) => HostTensor,
   numLayers: number,
-  numHeads: number,
+  numHeads: Counts,
 ): Float32Array[] {
   const byLayer = new Map<number, string>();
   for (const k of keys) {
@@ -55,26 +59,37 @@ function fromNamed(
   return out;
 }
 
-function layerValues(label: string, layer: number, t: HostTensor, numHeads: number): Float32Array {
+/** allowed masses per layer: per query head, and per KV group when that differs */
+interface Counts {
+  heads: number;
+  kvHeads: number;
+}
+
+function allowed(c: Counts): string {
+  return c.kvHeads === c.heads ? `${c.heads} (one per query head)` : `${c.heads} (one per query head) or ${c.kvHeads} (one per KV group)`;
+}
+
+function layerValues(label: string, layer: number, t: HostTensor, c: Counts): Float32Array {
   if (!isHostTensor(t)) fail(`${label}: layer ${layer} mass is not a tensor`);
   if (!FLOAT_DTYPES.has(t.dtype)) fail(`${label}: layer ${layer} mass has dtype ${t.dtype}, expected a float dtype`);
   const squeezed = t.shape.filter((d) => d !== 1);
   const n = t.data.length;
-  if (squeezed.length > 1 || n !== numHeads) {
-    fail(`${label}: layer ${layer} has ${n} masses (shape ${JSON.stringify(t.shape)}), expected ${numHeads} (one per query head)`);
+  if (squeezed.length > 1 || (n !== c.heads && n !== c.kvHeads)) {
+    fail(`${label}: layer ${layer} has ${n} masses (shape ${JSON.stringify(t.shape)}), expected ${allowed(c)}`);
   }
   const v = toF32(t);
-  for (let h = 0; h < numHeads; h++) {
+  for (let h = 0; h < n; h++) {
     if (!Number.isFinite(v[h])) fail(`${label}: layer ${layer} head ${h} mass_log is ${v[h]}`);
   }
   return v;
 }
 
-function fromStacked(label: string, t: HostTensor, numLayers: number, numHeads: number): Float32Array[] {
+function fromStacked(label: string, t: HostTensor, numLayers: number, c: Counts): Float32Array[] {
   if (!FLOAT_DTYPES.has(t.dtype)) fail(`${label}: masses have dtype ${t.dtype}, expected a float dtype`);
-  if (t.shape.length !== 2) fail(`${label}: stacked masses have shape ${JSON.stringify(t.shape)}, expected [${numLayers}, ${numHeads}] (layers, heads)`);
+  if (t.shape.length !== 2) fail(`${label}: stacked masses have shape ${JSON.stringify(t.shape)}, expected [${numLayers}, ${c.heads}] (layers, heads)`);
   if (t.shape[0] !== numLayers) fail(`${label}: has masses for ${t.shape[0]} layers, the model has ${numLayers}`);
-  if (t.shape[1] !== numHeads) fail(`${label}: layer 0 has ${t.shape[1]} masses, expected ${numHeads} (one per query head)`);
+  if (t.shape[1] !== c.heads && t.shape[1] !== c.kvHeads) fail(`${label}: layer 0 has ${t.shape[1]} masses, expected ${allowed(c)}`);
+  const numHeads = t.shape[1];
   const all = toF32(t);
   const out: Float32Array[] = [];
   for (let i = 0; i < numLayers; i++) {
@@ -87,12 +102,46 @@ function fromStacked(label: string, t: HostTensor, numLayers: number, numHeads: 
   return out;
 }
 
+export interface LoadMassesOptions {
+  /** KV heads of the model: a file may then hold one mass per KV group */
+  numKVHeads?: number;
+  /**
+   * 'heads' (default): [numHeads] per layer, group masses repeated over their query heads.
+   * 'groups': [numKVHeads] per layer (training with one mass per group); a per-head file is averaged per group.
+   */
+  form?: 'heads' | 'groups';
+}
+
+/** [numKVHeads] -> [numHeads]: each group's mass repeated over its numHeads/numKVHeads query heads. */
+export function expandGroupMasses(v: ArrayLike<number>, numHeads: number): Float32Array {
+  const g = numHeads / v.length;
+  const out = new Float32Array(numHeads);
+  for (let h = 0; h < numHeads; h++) out[h] = v[Math.floor(h / g)];
+  return out;
+}
+
 /**
- * Loads raw mass_log per layer ([numHeads] each). Accepts .pt (dict of per-layer tensors, optionally with a
+ * Loads raw mass_log per layer ([numHeads] each, or [numKVHeads] with form 'groups'). Accepts .pt (dict of per-layer tensors, optionally with a
  * PEFT `base_model.model.` prefix; stacked [layers, heads]; list/tuple of per-layer tensors), .safetensors
  * (same names, or one `gravity_mass_log` [layers, heads]), or a model.safetensors.index.json whose shards hold them.
  */
-export function loadMasses(file: string, numLayers: number, numHeads: number): Float32Array[] {
+export function loadMasses(file: string, numLayers: number, numHeads: number, opts: LoadMassesOptions = {}): Float32Array[] {
+  const kv = opts.numKVHeads ?? numHeads;
+  if (numHeads % kv !== 0) fail(`loadMasses: ${numHeads} query heads are not a multiple of ${kv} KV heads`);
+  const raw = readMasses(file, numLayers, { heads: numHeads, kvHeads: kv });
+  return raw.map((v) => {
+    if (opts.form === 'groups') {
+      if (v.length === kv) return v;
+      const g = numHeads / kv;
+      const out = new Float32Array(kv);
+      for (let h = 0; h < numHeads; h++) out[Math.floor(h / g)] += v[h] / g;
+      return out;
+    }
+    return v.length === numHeads ? v : expandGroupMasses(v, numHeads);
+  });
+}
+
+function readMasses(file: string, numLayers: number, numHeads: Counts): Float32Array[] {
   const label = path.basename(file);
   if (!fs.existsSync(file)) fail(`${file}: masses file does not exist`);
   if (file.endsWith('.index.json')) {

@@ -8,6 +8,8 @@
  *   ∂s/∂mass_log = 2M·sigmoid(mass_log)·u                       (torch softplus: linear above 20)
  * dot: s = scale·q·k
  * softmax backward: D_i = dO_i·O_i, dP_ij = dO_i·v_j, dS_ij = P_ij(dP_ij − D_i)
+ * gravity-pure: P_ij = s_ij / S_i with S_i = Σ_j s_ij (no softmax); "lse" holds log S_i, and
+ *   dS_ij = (dP_ij − D_i) / S_i. Σ_j P_ij(dP_ij − D_i) = 0 makes the mass gradient exactly 0 (M² cancels).
  */
 import type { TrainAttentionParams } from '../backend/train-ops.js';
 import type { Arr } from './ops-backward.js';
@@ -24,7 +26,8 @@ function dSoftplus(x: number): number {
 export function attentionForwardTrain(out: Arr, lse: Arr, q: Arr, k: Arr, v: Arr, B: number, T: number, p: TrainAttentionParams): void {
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const group = Hq / Hkv;
-  const gravity = p.kind === 'gravity';
+  const pure = p.kind === 'gravity-pure';
+  const gravity = p.kind === 'gravity' || pure;
   const acc = new Float64Array(D);
   const kn = keyNorms(k, B * T * Hkv, D);
   for (let b = 0; b < B; b++) for (let h = 0; h < Hq; h++) {
@@ -44,6 +47,11 @@ export function attentionForwardTrain(out: Arr, lse: Arr, q: Arr, k: Arr, v: Arr
         let dot = 0;
         for (let d = 0; d < D; d++) dot += q[qo + d] * k[ko + d];
         const s = gravity ? m2 / (Math.max(qn + kn[kr] - 2 * dot, 0) + p.eps) : p.scale * dot;
+        if (pure) {
+          sum += s;
+          for (let d = 0; d < D; d++) acc[d] += s * v[ko + d];
+          continue;
+        }
         let e: number;
         if (s > mx) {
           const c = Math.exp(mx - s);
@@ -56,7 +64,7 @@ export function attentionForwardTrain(out: Arr, lse: Arr, q: Arr, k: Arr, v: Arr
         for (let d = 0; d < D; d++) acc[d] += e * v[ko + d];
       }
       for (let d = 0; d < D; d++) out[qo + d] = acc[d] / sum;
-      lse[(b * T + i) * Hq + h] = mx + Math.log(sum);
+      lse[(b * T + i) * Hq + h] = pure ? Math.log(sum) : mx + Math.log(sum);
     }
   }
 }
@@ -78,7 +86,8 @@ export function attentionBackward(
 ): void {
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const group = Hq / Hkv;
-  const gravity = p.kind === 'gravity';
+  const pure = p.kind === 'gravity-pure';
+  const gravity = p.kind === 'gravity' || pure;
   const kn = keyNorms(k, B * T * Hkv, D);
   // f64 accumulators: dk / dv sum over many queries and heads
   const dkAcc = new Float64Array(dk.length);
@@ -98,6 +107,7 @@ export function attentionBackward(
       let qn = 0;
       for (let d = 0; d < D; d++) qn += q[qo + d] * q[qo + d];
       const L = lse[row];
+      const invS = Math.exp(-L); // gravity-pure: 1 / S_i
       dqRow.fill(0);
       for (let j = 0; j <= i; j++) {
         const kr = (b * T + j) * Hkv + kvh;
@@ -120,9 +130,9 @@ export function attentionBackward(
           u = 1 / (d2 + p.eps);
           s = m2 * u;
         } else s = p.scale * dot;
-        const P = Math.exp(s - L);
+        const P = pure ? s * invS : Math.exp(s - L);
         for (let d = 0; d < D; d++) dvAcc[ko + d] += P * dout[qo + d];
-        const dS = P * (dp - Di);
+        const dS = pure ? (dp - Di) * invS : P * (dp - Di);
         if (gravity) {
           dm2 += dS * u;
           if (clamped) continue;

@@ -247,7 +247,7 @@ export class CpuTrainOps implements TrainOps {
     const dq = this.alloc([...q.shape]);
     const dk = this.alloc([...k.shape]);
     const dv = this.alloc([...v.shape]);
-    const dm = p.kind === 'gravity' ? this.alloc([p.numHeads]) : null;
+    const dm = p.kind !== 'dot' ? this.alloc([p.numHeads]) : null;
     attentionBackward(dq, dk, dv, dm, this.a(dout), this.a(q), this.a(k), this.a(v), this.a(out), this.a(lse), B, T, p);
     return {
       dq: this.make(dq, [...q.shape]),
@@ -274,7 +274,7 @@ function checkAttention(q: Tensor, k: Tensor, v: Tensor, B: number, T: number, p
   for (const [n, t] of [['k', k], ['v', v]] as const) {
     if (t.shape[0] !== B * T || t.shape[1] !== Hkv * D) throw new Error(`attention: ${n} is [${t.shape}], expected [${B * T}, ${Hkv * D}]`);
   }
-  if (p.kind === 'gravity' && (!p.massLog || p.massLog.length !== Hq)) throw new Error(`attention: gravity needs ${Hq} mass_log values`);
+  if (p.kind !== 'dot' && (!p.massLog || p.massLog.length !== Hq)) throw new Error(`attention: ${p.kind} needs ${Hq} mass_log values (one per query head)`);
 }
 
 export function createCpuTrainOps(be: CpuBackend, precision: 'f32' | 'f64' = 'f32'): CpuTrainOps {

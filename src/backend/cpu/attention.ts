@@ -4,6 +4,7 @@
  *
  * gravity: s_ij = M_h² / (max(|q_i|² + |k_j|² - 2 q_i·k_j, 0) + ε)   (|k_j|² cached at writeKV time)
  * dot:     s_ij = scale * q_i·k_j
+ * gravity-pure: no softmax: w_ij = s_ij / Σ_j' s_ij' with the gravity s (all s > 0, so a plain running sum)
  */
 import type { AttentionParams } from '../backend.js';
 
@@ -23,7 +24,8 @@ export function attentionForward(
 ): void {
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const group = Hq / Hkv;
-  const gravity = p.kind === 'gravity';
+  const pure = p.kind === 'gravity-pure';
+  const gravity = p.kind === 'gravity' || pure;
   const acc = new Float64Array(D);
   const K = layer.k;
   const V = layer.v;
@@ -59,7 +61,8 @@ export function attentionForward(
             let d2 = qn + KN[kvBase + j] - 2 * dot;
             if (d2 < 0) d2 = 0;
             const s = m2 / (d2 + eps);
-            if (fixedMax) e = Math.exp(s - mx);
+            if (pure) e = s; // gravity-pure: the weights are the scores themselves, normalised below
+            else if (fixedMax) e = Math.exp(s - mx);
             else if (s > mx) {
               const c = Math.exp(mx - s);
               sum *= c;
@@ -83,7 +86,8 @@ export function attentionForward(
         // a query with no valid key (a padding row) outputs zeros
         const inv = sum > 0 ? 1 / sum : 0;
         for (let d = 0; d < D; d++) out[qo + d] = acc[d] * inv;
-        if (lse) lse[row * Hq + h] = sum > 0 ? mx + Math.log(sum) : -Infinity;
+        // gravity-pure: log of the plain sum (the normaliser, as lse is for the softmax kinds)
+        if (lse) lse[row * Hq + h] = sum > 0 ? (pure ? Math.log(sum) : mx + Math.log(sum)) : -Infinity;
       }
     }
   }
@@ -110,14 +114,15 @@ export function attentionProbs(
       let dot = 0;
       const ko = (kvBase + j) * D;
       for (let d = 0; d < D; d++) dot += q[qo + d] * layer.k[ko + d];
-      const s = p.kind === 'gravity' ? p.massSq![h] / (Math.max(qn + layer.kn[kvBase + j] - 2 * dot, 0) + p.eps) : p.scale * dot;
+      const s = p.kind !== 'dot' ? p.massSq![h] / (Math.max(qn + layer.kn[kvBase + j] - 2 * dot, 0) + p.eps) : p.scale * dot;
       out[o + j] = s;
       if (s > mx) mx = s;
     }
     let sum = 0;
+    const pure = p.kind === 'gravity-pure';
     for (let j = 0; j <= slot; j++) {
       if (!keyValid[b * maxLen + j]) { out[o + j] = 0; continue; }
-      const e = Math.exp(out[o + j] - mx);
+      const e = pure ? out[o + j] : Math.exp(out[o + j] - mx);
       out[o + j] = e;
       sum += e;
     }
