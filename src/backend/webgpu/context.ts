@@ -19,6 +19,8 @@ const MAP_READ_MODE = 1;
 const ARENA_BYTES = 1 << 20;
 const SLOT = 256; // min{Uniform,Storage}BufferOffsetAlignment on every adapter we know
 const FLUSH_EVERY = 64;
+/** bind groups are cached by the buffers they bind; the cache is simply dropped when it grows past this */
+const MAX_BIND_GROUPS = 8192;
 
 export class GpuTensor implements Tensor {
   constructor(
@@ -34,6 +36,21 @@ export class GpuTensor implements Tensor {
     if (!this.buffer) throw new GravityError(`WebGPU: tensor [${this.shape}] was already disposed`);
     return this.buffer;
   }
+}
+
+/** A kernel: WGSL source plus, after its first dispatch, its pipeline and explicit bind group layout. */
+export interface Kernel {
+  readonly key: string;
+  readonly code: string;
+  readonly id: number;
+  pipeline: GPUComputePipeline | null;
+  layout?: GPUBindGroupLayout;
+  /** which bindings are arena data (they get dynamic offsets); fixed at the first dispatch */
+  dataPattern: string;
+}
+
+function dataPattern(bindings: Binding[]): string {
+  return bindings.map((b) => ('data' in b ? 'd' : 'b')).join('');
 }
 
 export type Binding = GPUBuffer | GPUBufferBinding | { data: ArrayBufferView };
@@ -78,7 +95,10 @@ export class GpuContext {
   readonly maxBuffer: number;
   readonly maxWorkgroupMem: number;
   readonly maxGroups: number;
-  private pipelines = new Map<string, GPUComputePipeline>();
+  private kernels = new Map<string, Kernel>();
+  private bindGroups = new Map<string, GPUBindGroup>();
+  private bufIds = new WeakMap<GPUBuffer, number>();
+  private nextBufId = 0;
   private pool = new Map<number, GPUBuffer[]>();
   private staging = new Map<number, GPUBuffer[]>();
   private encoder: GPUCommandEncoder | null = null;
@@ -139,14 +159,48 @@ export class GpuContext {
     }
   }
 
-  pipeline(key: string, code: () => string): GPUComputePipeline {
-    let p = this.pipelines.get(key);
-    if (!p) {
-      const module = this.device.createShaderModule({ code: code(), label: key });
-      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: key });
-      this.pipelines.set(key, p);
+  /** The kernel for `key`; its WGSL is generated once, the GPU pipeline at its first dispatch. */
+  pipeline(key: string, code: () => string): Kernel {
+    let k = this.kernels.get(key);
+    if (!k) {
+      k = { key, code: code(), id: this.kernels.size, pipeline: null, dataPattern: '' };
+      this.kernels.set(key, k);
     }
-    return p;
+    return k;
+  }
+
+  /**
+   * Explicit layout read off the WGSL declarations: the parameter block and the arena data bindings get dynamic
+   * offsets, so that a bind group depends only on which buffers are bound and can be cached across tokens.
+   */
+  private build(k: Kernel, bindings: Binding[]): GPUComputePipeline {
+    const types = new Map<number, GPUBufferBindingType>();
+    for (const m of k.code.matchAll(/@binding\((\d+)\)\s*var<\s*(uniform|storage\s*,\s*read_write|storage\s*,\s*read|storage)\s*>/g)) {
+      types.set(Number(m[1]), m[2] === 'uniform' ? 'uniform' : m[2].includes('read_write') ? 'storage' : 'read-only-storage');
+    }
+    const entries: GPUBindGroupLayoutEntry[] = [];
+    for (let i = 0; i <= bindings.length; i++) {
+      const type = types.get(i);
+      if (!type) throw new Error(`webgpu: kernel ${k.key} declares no binding ${i}`);
+      const dynamic = i === 0 || 'data' in bindings[i - 1];
+      entries.push({ binding: i, visibility: 4 /* COMPUTE */, buffer: { type, hasDynamicOffset: dynamic } });
+    }
+    const bgl = this.device.createBindGroupLayout({ entries, label: k.key });
+    const module = this.device.createShaderModule({ code: k.code, label: k.key });
+    k.layout = bgl;
+    k.dataPattern = dataPattern(bindings);
+    k.pipeline = this.device.createComputePipeline({
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [bgl] }),
+      compute: { module, entryPoint: 'main' },
+      label: k.key,
+    });
+    return k.pipeline;
+  }
+
+  private bufId(b: GPUBuffer): number {
+    let id = this.bufIds.get(b);
+    if (id === undefined) this.bufIds.set(b, (id = this.nextBufId++));
+    return id;
   }
 
   /** A pooled storage buffer of at least `bytes` (rounded to 256 so that decode sizes hit the same bucket). */
@@ -192,38 +246,57 @@ export class GpuContext {
    * (token ids, positions, masses) go into the arena next to the parameters, so they are written by the same
    * submit as the dispatch that reads them.
    */
-  dispatch(pipeline: GPUComputePipeline, params: Params, bindings: Binding[], groups: [number, number?, number?]): void {
+  dispatch(k: Kernel, params: Params, bindings: Binding[], groups: [number, number?, number?]): void {
     this.check();
+    const pipeline = k.pipeline ?? this.build(k, bindings);
+    if (dataPattern(bindings) !== k.dataPattern) throw new Error(`webgpu: kernel ${k.key} dispatched with another binding pattern`);
     let need = SLOT;
     for (const b of bindings) if ('data' in b && b.data.byteLength <= ARENA_BYTES / 4) need += roundUp(Math.max(b.data.byteLength, 4), SLOT);
     if (this.arenaUsed + need > ARENA_BYTES) this.flush();
     const off = this.reserve(64);
     params.writeTo(this.arenaView, off);
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: off, size: 64 } }];
-    bindings.forEach((b, i) => entries.push({ binding: i + 1, resource: this.resource(b) }));
-    const bg = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const offsets = [off];
+    let key = `${k.id}`;
+    const resources: GPUBufferBinding[] = [];
+    for (const b of bindings) {
+      let r: GPUBufferBinding;
+      if ('data' in b) {
+        const data = b.data;
+        const bytes = roundUp(Math.max(data.byteLength, 4), 4);
+        if (data.byteLength > ARENA_BYTES / 4) {
+          const buf = this.createFilled(data, 'upload');
+          this.retire(buf);
+          r = { buffer: buf, offset: 0, size: bytes };
+          offsets.push(0);
+        } else {
+          const o = this.reserve(bytes);
+          new Uint8Array(this.arenaHost, o, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+          r = { buffer: this.arena, offset: 0, size: bytes };
+          offsets.push(o);
+        }
+        key += `|d${this.bufId(r.buffer)}:${bytes}`;
+      } else if ('buffer' in b) {
+        r = b;
+        key += `|${this.bufId(b.buffer)}:${b.offset ?? 0}:${b.size ?? -1}`;
+      } else {
+        r = { buffer: b };
+        key += `|${this.bufId(b)}`;
+      }
+      resources.push(r);
+    }
+    let bg = this.bindGroups.get(key);
+    if (!bg) {
+      const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: 0, size: 64 } }];
+      resources.forEach((r, i) => entries.push({ binding: i + 1, resource: r }));
+      bg = this.device.createBindGroup({ layout: k.layout!, entries });
+      if (this.bindGroups.size >= MAX_BIND_GROUPS) this.bindGroups.clear();
+      this.bindGroups.set(key, bg);
+    }
     const pass = this.openPass();
     pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bg);
+    pass.setBindGroup(0, bg, offsets);
     pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
     if (++this.pending >= FLUSH_EVERY) this.flush();
-  }
-
-  private resource(b: Binding): GPUBufferBinding {
-    if ('data' in b) {
-      const data = b.data;
-      const bytes = roundUp(Math.max(data.byteLength, 4), 4);
-      if (data.byteLength > ARENA_BYTES / 4) {
-        const buf = this.createFilled(data, 'upload');
-        this.retire(buf);
-        return { buffer: buf, offset: 0, size: bytes };
-      }
-      const off = this.reserve(bytes);
-      new Uint8Array(this.arenaHost, off, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-      return { buffer: this.arena, offset: off, size: bytes };
-    }
-    if ('buffer' in b) return b;
-    return { buffer: b };
   }
 
   /** 2-D grid for `n` workgroups (a dimension is limited to maxComputeWorkgroupsPerDimension). */
