@@ -11,6 +11,7 @@ import { fromF32, toF32, type DType, type HostTensor } from '../src/tensor/dtype
 import { ropeForward, ropeInvFreq } from '../src/backend/cpu/ops.js';
 import { attentionForward, attentionProbs, type CpuKVLayer } from '../src/backend/cpu/attention.js';
 import { GravityError } from '../src/errors.js';
+import { gemmTile } from '../src/backend/webgpu/linear.js';
 import * as path from 'node:path';
 import { loadModel } from '../src/model/load.js';
 import { FIXTURES, INFERENCE_FIXTURES, argmax, loadExpected, relErr as fixtureErr } from './helpers/fixtures.js';
@@ -95,7 +96,10 @@ describe('webgpu backend', () => {
       { N: 9, IN: 37, OUT: 67, dt: 'BF16', bias: 'BF16' }, // gemm, everything ragged
       { N: 70, IN: 64, OUT: 130, dt: 'F16', bias: null }, // gemm, several tiles each way
       { N: 70, IN: 64, OUT: 130, dt: 'F32', bias: 'F32' },
+      { N: 260, IN: 37, OUT: 11270, dt: 'BF16', bias: null }, // gemm with 128x128 tiles (3 x 89 tiles), ragged
     ];
+    assert.equal(gemmTile(260, 11270), 128);
+    assert.equal(gemmTile(70, 130), 64);
     let seed = 10;
     for (const { N, IN, OUT, dt, bias } of cases) {
       {

@@ -6,8 +6,9 @@
  * and the 32 lanes reduce in workgroup memory. 8 rows per 256-thread workgroup. The shader is specialised for
  * N in {1, 2, 4, 8} (unrolled accumulators); other N use the next size up with uniform guards.
  *
- * GEMM (prefill): 64x64 output tiles, 16-deep K slices staged in workgroup memory, 4x4 outputs per thread
- * taken with stride 16 so that workgroup-memory reads do not collide and stores are coalesced.
+ * GEMM (prefill): 64x64 output tiles (128x128 for big prefills), 16-deep K slices staged in workgroup memory,
+ * 4x4 (8x8) outputs per thread taken with stride 16 so that workgroup-memory reads do not collide and stores
+ * are coalesced.
  */
 import { Params, type GpuContext } from './context.js';
 import { FLAT_WG, scalarLoad, vectorLoad, vecWidth, type WDType } from './wgsl.js';
@@ -79,10 +80,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-const TM = 64;
 const TK = 16;
+/** big prefills: 128x128 tiles with 8x8 outputs per thread, once there are this many tiles to fill the GPU */
+const BIG_TILE_MIN_GROUPS = 264;
 
-function gemmShader(dt: WDType, bias: WDType | null): string {
+/** TM x TM output tile, 256 threads as 16 x 16, each computing (TM/16)² outputs strided by 16. */
+function gemmShader(dt: WDType, bias: WDType | null, TM: number): string {
+  const MT = TM / 16; // outputs per thread along each axis
+  const L = (TM * TK) / 256; // elements each thread loads per matrix per K slice
+  const TPRW = TK / L; // threads sharing one tile row in the loader
   return `struct P { N: u32, IN: u32, OUT: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -97,15 +103,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let m0 = wid.y * ${TM}u;
   let tx = li.x;
   let ty = li.y;
-  // loader: 4 consecutive threads read 16 consecutive k of one row
-  let lr = lid / 4u;
-  let lk = (lid % 4u) * 4u;
-  var acc: array<array<f32, 4>, 4>;
+  // loader: ${TPRW} consecutive threads read ${TK} consecutive k of one row (${L} each)
+  let lr = lid / ${TPRW}u;
+  let lk = (lid % ${TPRW}u) * ${L}u;
+  let xm = m0 + lr;
+  let wo = o0 + lr;
+  var acc: array<array<f32, ${MT}>, ${MT}>;
   for (var k0 = 0u; k0 < p.IN; k0 += ${TK}u) {
-    for (var c = 0u; c < 4u; c++) {
+    for (var c = 0u; c < ${L}u; c++) {
       let k = k0 + lk + c;
-      let xm = m0 + lr;
-      let wo = o0 + lr;
       var av = 0.0;
       var bv = 0.0;
       if (k < p.IN) {
@@ -117,27 +123,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${TK}u; kk++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) {
+      var a: array<f32, ${MT}>;
+      var b: array<f32, ${MT}>;
+      for (var i = 0u; i < ${MT}u; i++) {
         a[i] = As[kk * ${TM}u + ty + 16u * i];
         b[i] = Bs[kk * ${TM}u + tx + 16u * i];
       }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+      for (var i = 0u; i < ${MT}u; i++) {
+        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
       }
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
+  for (var i = 0u; i < ${MT}u; i++) {
     let m = m0 + ty + 16u * i;
     if (m >= p.N) { continue; }
-    for (var j = 0u; j < 4u; j++) {
+    for (var j = 0u; j < ${MT}u; j++) {
       let o = o0 + tx + 16u * j;
       if (o < p.OUT) { y[m * p.OUT + o] = acc[i][j]${bias ? ' + ld_bias(o)' : ''}; }
     }
   }
 }`;
+}
+
+/** 128-wide tiles only when there are enough of them; otherwise 64 (more workgroups for mid-size prefills). */
+export function gemmTile(N: number, OUT: number): number {
+  return Math.ceil(N / 128) * Math.ceil(OUT / 128) >= BIG_TILE_MIN_GROUPS ? 128 : 64;
 }
 
 export function linearKernel(
@@ -153,9 +164,10 @@ export function linearKernel(
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }
+  const TM = gemmTile(N, OUT);
   const gx = Math.ceil(OUT / TM);
   const gy = Math.ceil(N / TM);
   if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new Error(`linear: [${N}, ${OUT}] output is too large for one dispatch`);
-  const pl = ctx.pipeline(`gemm:${wdt}:${bias}`, () => gemmShader(wdt, bias));
+  const pl = ctx.pipeline(`gemm:${TM}:${wdt}:${bias}`, () => gemmShader(wdt, bias, TM));
   ctx.dispatch(pl, new Params().u(N, IN, OUT), binds, [gx, gy]);
 }
