@@ -89,6 +89,8 @@ describe('webgpu backend', () => {
       { N: 1, IN: 64, OUT: 67, dt: 'F32', bias: null }, // gemv, vector loads
       { N: 1, IN: 64, OUT: 67, dt: 'BF16', bias: 'BF16' },
       { N: 1, IN: 64, OUT: 67, dt: 'F16', bias: null },
+      { N: 1, IN: 1000, OUT: 40, dt: 'BF16', bias: null }, // gemv, 4x unrolled main loop + tail
+      { N: 2, IN: 1000, OUT: 40, dt: 'F32', bias: 'F32' },
       { N: 3, IN: 37, OUT: 5, dt: 'F16', bias: null }, // gemv, scalar loads (odd IN)
       { N: 3, IN: 37, OUT: 5, dt: 'BF16', bias: null },
       { N: 5, IN: 72, OUT: 33, dt: 'F32', bias: 'F16' }, // gemv, N rounded up to 8 (guarded)

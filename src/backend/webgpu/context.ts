@@ -301,7 +301,7 @@ export class GpuContext {
 
   /** 2-D grid for `n` workgroups (a dimension is limited to maxComputeWorkgroupsPerDimension). */
   grid(n: number): [number, number] {
-    if (n <= this.maxGroups) return [Math.max(n, 1), 1];
+    if (n <= this.maxGroups) return [n, 1]; // 0 workgroups is a valid, empty dispatch
     const y = Math.ceil(n / this.maxGroups);
     return [Math.ceil(n / y), y];
   }

@@ -124,6 +124,7 @@ export class WebGPUBackend implements Backend {
     const bt = b ? g(b) : null;
     if (bt && numel(bt.shape) !== OUT) throw new GravityError(`linear: bias ${shapeStr(bt.shape)} does not match ${OUT} outputs`);
     const y = this.out([N, OUT]);
+    if (N === 0) return y;
     const wdt = asWeightType(wt.dtype, 'linear weight');
     linearKernel(this.ctx, t.buf, wt.buf, wdt, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT);
     return y;

@@ -16,6 +16,7 @@ import { FLAT_WG, scalarLoad, vectorLoad, vecWidth, type WDType } from './wgsl.j
 export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
+const UNROLL = 4;
 
 /** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
 function gemvBucket(N: number): number {
@@ -34,20 +35,30 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): s
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
-  } else if (dt === 'F32') {
-    body = `let K4 = p.IN / 4u;
-    for (var k = lane; k < K4; k += ${LANES}u) {
-      let wv = w[o * K4 + k];
-      for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(wv, x[n * K4 + k]); } }
-    }`;
   } else {
+    // UNROLL independent vector loads per lane before any arithmetic: more bytes in flight per warp, which a
+    // memory-bound GEMV with few rows (e.g. OUT = 896) needs to approach full bandwidth
+    const f32 = dt === 'F32';
+    const KV = f32 ? 'K4' : 'K8';
+    const accum = (kv: string) =>
+      f32
+        ? `for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(w${kv}, x[n * K4 + k${kv}]); } }`
+        : `{ let a = lo_w(w${kv}); let b = hi_w(w${kv});
+        for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${kv}]) + dot(b, x[n * K4 + 2u * k${kv} + 1u]); } } }`;
+    const loads = Array.from({ length: UNROLL }, (_, u) => `let k${u} = k + ${u * LANES}u; let w${u} = w[base + k${u}];`).join('\n      ');
+    const sums = Array.from({ length: UNROLL }, (_, u) => accum(String(u))).join('\n      ');
     body = `let K4 = p.IN / 4u;
-    let K8 = p.IN / 8u;
-    for (var k = lane; k < K8; k += ${LANES}u) {
-      let pk = w[o * K8 + k];
-      let a = lo_w(pk);
-      let b = hi_w(pk);
-      for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k]) + dot(b, x[n * K4 + 2u * k + 1u]); } }
+    ${f32 ? '' : 'let K8 = p.IN / 8u;'}
+    let base = o * ${KV};
+    var k = lane;
+    for (; k + ${(UNROLL - 1) * LANES}u < ${KV}; k += ${UNROLL * LANES}u) {
+      ${loads}
+      ${sums}
+    }
+    for (; k < ${KV}; k += ${LANES}u) {
+      let k0 = k;
+      let w0 = w[base + k];
+      ${accum('0')}
     }`;
   }
   return `struct P { IN: u32, OUT: u32, N: u32 }
