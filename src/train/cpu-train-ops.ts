@@ -1,7 +1,9 @@
 /**
  * TrainOps for the cpu backend. Tensors are CpuTensors whose host data is F32 or F64 (the working precision);
- * frozen weights keep their stored width. In f32, products with frozen weights go to the MatmulEngine (WASM
- * SIMD); everything else, and all of f64, is plain loops from ./ops-backward.ts with f64 sums.
+ * frozen weights keep their stored width. In f32, every matrix product goes to the MatmulEngine (WASM SIMD,
+ * threaded): products with frozen weights, with trainable f32 weights (copied into kernel memory on first use
+ * and released with the tensor, i.e. once per optimizer step), and weight gradients dW = dyᵀx. Everything
+ * else, and all of f64, is plain loops from ./ops-backward.ts with f64 sums.
  */
 import { CpuTensor, type CpuBackend } from '../backend/cpu/index.js';
 import { ropeInvFreq } from '../backend/cpu/ops.js';
@@ -108,9 +110,9 @@ export class CpuTrainOps implements TrainOps {
     return { dx: this.make(dx, [N, C]), dw: this.fromHost(dw, [C]) };
   }
 
-  /** in f32, products with frozen weights go to the engine (prepared on first use, e.g. a tied lm_head) */
+  /** in f32, products go to the engine (weights prepared on first use, e.g. a tied lm_head or a trainable copy) */
   private useEngine(x: Tensor, w: CpuTensor): boolean {
-    return this.precision === 'f32' && x.dtype === 'F32' && !this.mine.has(w);
+    return this.precision === 'f32' && x.dtype === 'F32' && (w.prepared !== null || w.host?.dtype !== 'F64');
   }
 
   private hostOf(w: CpuTensor) {
@@ -149,6 +151,12 @@ export class CpuTrainOps implements TrainOps {
   linearBackwardWeight(dy: Tensor, x: Tensor): Tensor {
     const [N, OUT] = dy.shape;
     const IN = x.shape[1];
+    if (x.shape[0] !== N) throw new Error(`linearBackwardWeight: dy has ${N} rows, x has ${x.shape[0]}`);
+    const a = this.a(dy);
+    const b = this.a(x);
+    if (a instanceof Float32Array && b instanceof Float32Array) {
+      return this.make(this.backend.engine.linearBackwardWeight(a, b, N, OUT, IN), [OUT, IN]);
+    }
     const dw = this.alloc([OUT, IN]);
     K.linearBackwardWeight(dw, this.a(dy), this.a(x), N, IN, OUT);
     return this.make(dw, [OUT, IN]);

@@ -3,8 +3,12 @@
  * projections, trainable masses and norms. Every op's saved activations are kept per layer until its
  * backward ran; the head (final norm, lm_head, cross-entropy) runs in row chunks so [N, vocab] logits never
  * exist at once. Positions are 0..T-1 in every sequence (pad on the right, labels -100 there).
+ *
+ * Full-parameter training: the step's trainable copies of every base weight come in ParamTensors.weights;
+ * a weight, bias, norm, embedding or lm_head gets a gradient when o.grads has an entry under its Hugging Face
+ * name (a tied lm_head adds its gradient to model.embed_tokens.weight, beside the embedding's own).
  */
-import type { Tensor } from '../backend/backend.js';
+import type { AttentionKind, Tensor } from '../backend/backend.js';
 import type { TrainAttentionParams, TrainOps } from '../backend/train-ops.js';
 import type { ModelConfig } from '../model/config.js';
 import type { LayerWeights, ModelWeights } from '../model/qwen2.js';
@@ -14,17 +18,21 @@ import type { Batch } from './loss.js';
 
 export interface ParamTensors {
   lora: Map<string, { A: Tensor; B: Tensor }>;
+  /** full-parameter training: this step's trainable weights (replacing the frozen ones) */
+  weights?: ModelWeights;
   /** trainable or adapter-provided norms by model tensor name; others come from the frozen weights */
   norms: Map<string, Tensor>;
-  /** raw mass_log per layer */
+  /** raw mass_log per layer: [numHeads], or [numKVHeads] with one mass per KV group */
   masses: Float64Array[];
 }
+
+export type GradArray = Float32Array | Float64Array;
 
 export interface PassOptions {
   dropout: number;
   dropoutSeed: number;
   /** gradients to accumulate into, by parameter name; null = forward only */
-  grads: Map<string, Float64Array> | null;
+  grads: Map<string, GradArray> | null;
   trainMasses: boolean;
 }
 
@@ -48,25 +56,52 @@ interface LayerSave {
 /** rows of the head per chunk: keeps a chunk's logits near 4M values */
 const HEAD_CHUNK_VALUES = 1 << 22;
 
+function modulePath(layer: number, target: LoraTarget): string {
+  const part = target === 'gate_proj' || target === 'up_proj' || target === 'down_proj' ? 'mlp' : 'self_attn';
+  return `model.layers.${layer}.${part}.${target}`;
+}
+
 export class ModelPass {
   private readonly byKey = new Map<string, LoraModule>();
+
+  /** the weights of the pass in progress: frozen ones, or the step's trainable copies */
+  private w: ModelWeights;
 
   constructor(
     readonly ops: TrainOps,
     readonly cfg: ModelConfig,
-    readonly w: ModelWeights,
+    /** frozen weights (null when every weight is trainable: they come with each call's ParamTensors) */
+    private readonly frozen: ModelWeights | null,
     modules: LoraModule[],
-    readonly attention: 'gravity' | 'dot',
+    readonly attention: AttentionKind,
     readonly eps: number,
   ) {
     for (const m of modules) this.byKey.set(`${m.layer}.${m.target}`, m);
+    this.w = frozen as ModelWeights;
+  }
+
+  private use(pt: ParamTensors): void {
+    const w = pt.weights ?? this.frozen;
+    if (!w) throw new Error('model pass: no weights (full training passes them with the parameters)');
+    this.w = w;
+  }
+
+  /** mass_log per query head: a layer with one mass per KV group repeats it over the group's heads */
+  private headMasses(layer: number, masses: Float64Array[]): Float64Array {
+    const c = this.cfg;
+    const m = masses[layer];
+    if (m.length === c.numHeads) return m;
+    const g = c.numHeads / c.numKVHeads;
+    const out = new Float64Array(c.numHeads);
+    for (let h = 0; h < c.numHeads; h++) out[h] = m[Math.floor(h / g)];
+    return out;
   }
 
   private attnParams(layer: number, masses: Float64Array[]): TrainAttentionParams {
     const c = this.cfg;
     return {
       kind: this.attention, numHeads: c.numHeads, numKVHeads: c.numKVHeads, headDim: c.headDim,
-      massLog: this.attention === 'gravity' ? masses[layer] : null, eps: this.eps, scale: 1 / Math.sqrt(c.headDim),
+      massLog: this.attention !== 'dot' ? this.headMasses(layer, masses) : null, eps: this.eps, scale: 1 / Math.sqrt(c.headDim),
     };
   }
 
@@ -103,10 +138,22 @@ export class ModelPass {
     return out;
   }
 
-  /** dx of a projection (frozen W plus its LoRA branch); LoRA factor gradients go into o.grads */
-  private async projBack(dy: Tensor, layer: number, target: LoraTarget, w: Tensor, saves: LoraSave[], o: PassOptions): Promise<Tensor> {
+  /**
+   * dx of a projection (W plus its LoRA branch); LoRA factor gradients go into o.grads, and so do W's and its
+   * bias's when they are trainable (full training; `x` is the projection's input).
+   */
+  private async projBack(dy: Tensor, layer: number, target: LoraTarget, w: Tensor, x: Tensor, saves: LoraSave[], o: PassOptions): Promise<Tensor> {
     const ops = this.ops;
     const dx = ops.linearBackwardInput(dy, w);
+    const name = modulePath(layer, target);
+    if (o.grads?.has(`${name}.weight`)) await this.accumulate(o, `${name}.weight`, ops.linearBackwardWeight(dy, x), 1);
+    const db = o.grads?.get(`${name}.bias`);
+    if (db) {
+      // db = Σ_n dy[n, :]
+      const v = await ops.read(dy);
+      const OUT = db.length;
+      for (let n = 0; n < v.length / OUT; n++) for (let j = 0; j < OUT; j++) db[j] += v[n * OUT + j];
+    }
     const s = saves.find((z) => z.mod.layer === layer && z.mod.target === target);
     if (!s) return dx;
     const sc = s.mod.scaling;
@@ -137,6 +184,7 @@ export class ModelPass {
 
   private forwardLayer(x: Tensor, l: number, pos: Int32Array, B: number, T: number, pt: ParamTensors, o: PassOptions, keep: boolean): { y: Tensor; save: LayerSave | null } {
     const ops = this.ops;
+    this.use(pt);
     const c = this.cfg;
     const w: LayerWeights = this.w.layers[l];
     const saves: LoraSave[] | null = keep ? [] : null;
@@ -173,11 +221,11 @@ export class ModelPass {
     const w = this.w.layers[l];
     const pre = `model.layers.${l}.`;
     // MLP
-    const dm = await this.projBack(dy, l, 'down_proj', w.down, s.lora, o);
+    const dm = await this.projBack(dy, l, 'down_proj', w.down, s.m, s.lora, o);
     const { dgate, dup } = ops.swigluBackward(dm, s.g, s.u);
     ops.dispose(dm);
-    const dh2a = await this.projBack(dgate, l, 'gate_proj', w.gate, s.lora, o);
-    const dh2b = await this.projBack(dup, l, 'up_proj', w.up, s.lora, o);
+    const dh2a = await this.projBack(dgate, l, 'gate_proj', w.gate, s.h2, s.lora, o);
+    const dh2b = await this.projBack(dup, l, 'up_proj', w.up, s.h2, s.lora, o);
     const dh2 = ops.addScaled(dh2a, dh2b, 1);
     for (const t of [dgate, dup, dh2a, dh2b]) ops.dispose(t);
     const postName = pre + 'post_attention_layernorm.weight';
@@ -187,18 +235,27 @@ export class ModelPass {
     const dx1 = ops.addScaled(dy, r2.dx, 1);
     ops.dispose(r2.dx);
     // attention
-    const datt = await this.projBack(dx1, l, 'o_proj', w.o, s.lora, o);
+    const datt = await this.projBack(dx1, l, 'o_proj', w.o, s.att, s.lora, o);
     const p = this.attnParams(l, pt.masses);
     const ga = ops.attentionBackward(datt, s.q, s.k, s.v, s.att, s.lse, B, T, p);
     ops.dispose(datt);
-    if (ga.dMassLog) await this.accumulate(o, massName(l), ga.dMassLog, 1);
+    if (ga.dMassLog) {
+      const g = o.grads?.get(massName(l));
+      if (g) {
+        // one mass per KV group: its gradient is the sum over the group's query heads
+        const v = await ops.read(ga.dMassLog);
+        const per = v.length / g.length;
+        for (let h = 0; h < v.length; h++) g[Math.floor(h / per)] += v[h];
+      }
+      ops.dispose(ga.dMassLog);
+    }
     const dq0 = ops.ropeBackward(ga.dq, pos, c.numHeads, c.headDim, c.ropeTheta);
     const dk0 = ops.ropeBackward(ga.dk, pos, c.numKVHeads, c.headDim, c.ropeTheta);
     ops.dispose(ga.dq);
     ops.dispose(ga.dk);
-    const dha = await this.projBack(dq0, l, 'q_proj', w.q, s.lora, o);
-    const dhb = await this.projBack(dk0, l, 'k_proj', w.k, s.lora, o);
-    const dhc = await this.projBack(ga.dv, l, 'v_proj', w.v, s.lora, o);
+    const dha = await this.projBack(dq0, l, 'q_proj', w.q, s.h, s.lora, o);
+    const dhb = await this.projBack(dk0, l, 'k_proj', w.k, s.h, s.lora, o);
+    const dhc = await this.projBack(ga.dv, l, 'v_proj', w.v, s.h, s.lora, o);
     const dhab = ops.addScaled(dha, dhb, 1);
     const dh = ops.addScaled(dhab, dhc, 1);
     for (const t of [dq0, dk0, ga.dv, dha, dhb, dhc, dhab]) ops.dispose(t);
@@ -242,6 +299,10 @@ export class ModelPass {
     const N = B * T;
     const pos = this.positions(B, T);
     const train = o.grads !== null;
+    this.use(pt);
+    const embedName = 'model.embed_tokens.weight';
+    const headName = c.tieWordEmbeddings ? embedName : 'lm_head.weight';
+    const headGrad = train && o.grads!.has(headName);
     const po: PassOptions = train ? o : { ...o, dropout: 0 };
     const xs: Tensor[] = [ops.embedding(batch.ids, this.w.embed)]; // [N, C]
     const saves: LayerSave[] = [];
@@ -265,6 +326,7 @@ export class ModelPass {
       const ce = ops.crossEntropy(logits, targets.subarray(r0, r0 + n), scale);
       for (const v of await ops.read(ce.loss)) lossSum += v;
       if (train) dparts.push(ops.linearBackwardInput(ce.dlogits, this.w.lmHead)); // [n, C]
+      if (headGrad) await this.accumulate(o, headName, ops.linearBackwardWeight(ce.dlogits, hc), 1); // [V, C]
       for (const t of [logits, ce.loss, ce.dlogits]) ops.dispose(t);
       if (hc !== fn.y) ops.dispose(hc);
     }
@@ -286,6 +348,16 @@ export class ModelPass {
       ops.dispose(xs[l + 1]);
       dx = dnext;
     }
+    const ge = o.grads!.get(embedName);
+    if (ge) {
+      // scatter-add the rows of dx into the table's gradient (no [V, C] temporary)
+      const C = c.hiddenSize;
+      const v = await ops.read(dx);
+      for (let n = 0; n < N; n++) {
+        const row = batch.ids[n] * C;
+        for (let i = 0; i < C; i++) ge[row + i] += v[n * C + i];
+      }
+    }
     ops.dispose(dx);
     ops.dispose(xs[0]);
     return { lossSum };
@@ -297,6 +369,7 @@ export class ModelPass {
     const c = this.cfg;
     const pos = this.positions(batch.B, batch.T);
     const o: PassOptions = { dropout: 0, dropoutSeed: 0, grads: null, trainMasses: false };
+    this.use(pt);
     let x = ops.embedding(batch.ids, this.w.embed);
     for (let l = 0; l < c.numLayers; l++) {
       const { y } = this.forwardLayer(x, l, pos, batch.B, batch.T, pt, o, false);

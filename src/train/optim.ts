@@ -5,19 +5,26 @@
  *  - SGD (no momentum): p ← p − lr·(g + wd·p)   (torch's SGD weight decay is L2, coupled to the gradient)
  * Clipping is torch.nn.utils.clip_grad_norm_: coef = max / (‖g‖ + 1e-6), applied when coef < 1.
  */
+/** f64 masters for LoRA / masses / norms; f32 masters (and f32 grads and moments) for full-parameter training */
+export type ParamArray = Float32Array | Float64Array;
+
+function like(a: ParamArray): ParamArray {
+  return a instanceof Float32Array ? new Float32Array(a.length) : new Float64Array(a.length);
+}
+
 export interface Param {
   /** PEFT-style name, e.g. model.layers.0.self_attn.q_proj.lora_A.weight */
   name: string;
   shape: number[];
-  data: Float64Array;
-  grad: Float64Array;
+  data: ParamArray;
+  grad: ParamArray;
   /** per-parameter weight decay (groups: LoRA, masses, norms) */
   weightDecay: number;
   /** multiplies the scheduled lr (1 for every group unless asked) */
   lrScale: number;
   /** AdamW moments, allocated on first use */
-  expAvg?: Float64Array;
-  expAvgSq?: Float64Array;
+  expAvg?: ParamArray;
+  expAvgSq?: ParamArray;
 }
 
 export interface Optimizer {
@@ -38,8 +45,8 @@ export class AdamW implements Optimizer {
     const bc2Sqrt = Math.sqrt(1 - this.beta2 ** this.t);
     for (const p of params) {
       const plr = lr * p.lrScale;
-      const m = (p.expAvg ??= new Float64Array(p.data.length));
-      const v = (p.expAvgSq ??= new Float64Array(p.data.length));
+      const m = (p.expAvg ??= like(p.data));
+      const v = (p.expAvgSq ??= like(p.data));
       const stepSize = plr / bc1;
       const decay = 1 - plr * p.weightDecay;
       const { data, grad } = p;

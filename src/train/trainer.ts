@@ -6,26 +6,33 @@
  *
  * Weight decay applies to every trainable parameter by default, masses included, as torch.optim.AdamW does
  * with one parameter group (what the reference fixtures use); `massWeightDecay` gives masses their own.
+ *
+ * Full-parameter training (`full: true`): every base weight (embedding, all linears and their biases, norms,
+ * lm_head; a tied lm_head is the embedding, which then gets both gradients) is a parameter with an f32 master
+ * copy, f32 gradient and f32 optimizer moments, uploaded each step. Weight decay then applies only to the
+ * 2-D weights (embedding, linears, lm_head), not to norms, biases or masses (masses: `massWeightDecay`, default
+ * 0 here), the usual GPT-style grouping. save() writes a complete model folder (./full-save.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Backend } from '../backend/backend.js';
+import type { AttentionKind, Backend } from '../backend/backend.js';
 import { createCpuBackend, type CpuBackend } from '../backend/cpu/index.js';
 import type { TrainOps } from '../backend/train-ops.js';
 import { DEFAULT_EPS, parseMassInit } from '../attention/registry.js';
 import { fail } from '../errors.js';
-import { loadCheckpointFiles } from '../io/checkpoint.js';
+import { expectedWeightShapes, loadCheckpointFiles } from '../io/checkpoint.js';
 import { loadMasses, massName, saveMasses } from '../io/masses.js';
 import { atomicWrite, openSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { ModelConfig } from '../model/config.js';
-import { uploadWeights, type ModelWeights } from '../model/qwen2.js';
+import { uploadWeights, type LayerWeights, type ModelWeights } from '../model/qwen2.js';
 import { toF32, type HostTensor } from '../tensor/dtype.js';
 import { readAdapter, writeAdapter } from './adapter.js';
 import { createCpuTrainOps } from './cpu-train-ops.js';
 import { initLora, parseTargets, type LoraModule } from './lora.js';
 import { checkBatch, countTargets, shiftTargets, type Batch } from './loss.js';
 import { ModelPass, type ParamTensors } from './model-pass.js';
-import { AdamW, SGD, clipGradNorm, type Optimizer, type Param } from './optim.js';
+import { AdamW, SGD, clipGradNorm, type Optimizer, type Param, type ParamArray } from './optim.js';
+import { saveFullModel } from './full-save.js';
 import { lrAt } from './schedule.js';
 
 export type { Batch } from './loss.js';
@@ -51,9 +58,15 @@ export interface TrainerOptions {
   /** micro-batches per optimizer step (the caller passes that many to trainStep) */
   gradAccum: number;
   seed: number;
-  attention: 'gravity' | 'dot';
+  attention: AttentionKind;
   eps: number;
-  /** masses when the folder has none: 'raw:X' or 'mass:X' (see attention/registry.ts) */
+  /** train every base weight (f32 masters); LoRA is off, norms are included */
+  full?: boolean;
+  /** full: stored dtype of the saved model.safetensors (default f32) */
+  saveDtype?: 'f32' | 'bf16';
+  /** one mass per KV group ([numKVHeads] per layer) instead of one per query head */
+  massPerGroup?: boolean;
+  /** masses when the folder has none (with `full`: also replacing the folder's): 'raw:X' or 'mass:X' */
   massInit?: string;
   /** masses file overriding the folder's */
   masses?: string;
@@ -109,7 +122,11 @@ function checkOptions(o: TrainerOptions): void {
   num('adamEps', (v) => v > 0, '> 0');
   if (!['adamw', 'sgd'].includes(o.optimizer)) fail(`trainer: optimizer must be adamw or sgd, got '${o.optimizer}'`);
   if (!(o.betas[0] >= 0 && o.betas[0] < 1 && o.betas[1] >= 0 && o.betas[1] < 1)) fail(`trainer: betas must be in [0, 1), got ${o.betas}`);
-  if (o.trainMasses && o.attention !== 'gravity') fail('trainer: --train-masses needs gravity attention (masses do nothing with --attn dot)');
+  if (o.trainMasses && o.attention === 'dot') fail('trainer: --train-masses needs gravity attention (masses do nothing with --attn dot)');
+  if (!['gravity', 'dot', 'gravity-pure'].includes(o.attention)) fail(`trainer: attention must be gravity, dot or gravity-pure, got '${o.attention}'`);
+  if (!(o.eps > 0)) fail(`trainer: eps must be > 0, got ${o.eps}`);
+  if (o.full && o.initAdapter) fail('trainer: --full trains every weight; it cannot start from --init-adapter (merge the adapter first)');
+  if (o.saveDtype !== undefined && o.saveDtype !== 'f32' && o.saveDtype !== 'bf16') fail(`trainer: saveDtype must be f32 or bf16, got '${o.saveDtype}'`);
 }
 
 /** a 32-bit seed from the run seed and a position in the run (dropout masks are reproducible on resume) */
@@ -143,6 +160,8 @@ export class Trainer {
     modules: LoraModule[],
     adapterConfig: Record<string, unknown> | undefined,
     private readonly norms: Map<string, Float64Array>,
+    /** full training: every base weight by name (f32 masters, in expectedWeightShapes order) */
+    private readonly fullWeights: Map<string, { shape: number[]; data: Float32Array }> | null,
   ) {
     this.modules = modules;
     this.adapterConfig = adapterConfig;
@@ -151,13 +170,20 @@ export class Trainer {
       this.params.push({ name: `${m.path}.lora_A.weight`, shape: [m.r, m.inF], data: m.A, grad: new Float64Array(m.A.length), weightDecay: o.weightDecay, lrScale: 1 });
       this.params.push({ name: `${m.path}.lora_B.weight`, shape: [m.outF, m.r], data: m.B, grad: new Float64Array(m.B.length), weightDecay: o.weightDecay, lrScale: 1 });
     }
+    if (fullWeights) {
+      for (const [name, w] of fullWeights) {
+        // decay the matrices only: norms and biases are 1-D
+        this.params.push({ name, shape: w.shape, data: w.data, grad: new Float32Array(w.data.length), weightDecay: w.shape.length === 2 ? o.weightDecay : 0, lrScale: 1 });
+      }
+    }
     if (o.trainMasses) {
-      masses.forEach((v, i) => this.params.push({ name: massName(i), shape: [v.length], data: v, grad: new Float64Array(v.length), weightDecay: o.massWeightDecay ?? o.weightDecay, lrScale: o.massLrScale ?? 1 }));
+      const wd = o.massWeightDecay ?? (fullWeights ? 0 : o.weightDecay);
+      masses.forEach((v, i) => this.params.push({ name: massName(i), shape: [v.length], data: v, grad: new Float64Array(v.length), weightDecay: wd, lrScale: o.massLrScale ?? 1 }));
     }
     if (o.trainNorms) for (const [name, v] of norms) this.params.push({ name, shape: [v.length], data: v, grad: new Float64Array(v.length), weightDecay: o.weightDecay, lrScale: 1 });
     if (this.params.length === 0) fail('trainer: nothing to train (no LoRA targets, no --train-masses, no --train-norms)');
     this.optimizer = o.optimizer === 'adamw' ? new AdamW(o.betas[0], o.betas[1], o.adamEps) : new SGD();
-    this.pass = new ModelPass(ops, config, weights, modules, o.attention, o.eps);
+    this.pass = new ModelPass(ops, config, fullWeights ? null : weights, modules, o.attention, o.eps);
   }
 
   static async create(dir: string, options: Partial<TrainerOptions> = {}, deps: TrainerCreateOptions = {}): Promise<Trainer> {
@@ -166,12 +192,16 @@ export class Trainer {
     const files = loadCheckpointFiles(dir, { masses: o.masses });
     const cfg = files.config;
     let masses: Float64Array[];
+    const massOpts = { numKVHeads: cfg.numKVHeads, form: o.massPerGroup ? 'groups' as const : 'heads' as const };
+    const massCount = o.massPerGroup ? cfg.numKVHeads : cfg.numHeads;
     try {
-      if (files.massesPath) masses = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads).map((v) => Float64Array.from(v));
+      // from scratch (--full), --mass-init replaces the random masses that init-random wrote
+      const initWins = o.full && o.massInit !== undefined && !o.masses;
+      if (files.massesPath && !initWins) masses = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads, massOpts).map((v) => Float64Array.from(v));
       else if (o.massInit !== undefined) {
         const raw = parseMassInit(o.massInit);
-        masses = Array.from({ length: cfg.numLayers }, () => new Float64Array(cfg.numHeads).fill(raw));
-      } else if (o.attention === 'gravity') {
+        masses = Array.from({ length: cfg.numLayers }, () => new Float64Array(massCount).fill(raw));
+      } else if (o.attention !== 'dot') {
         return fail(`${dir}: no gravity_mass_log.pt or gravity_mass_log.safetensors; pass --masses FILE or --mass-init raw:0.5 to train gravity from untrained masses, or --attn dot`);
       } else masses = [];
 
@@ -185,12 +215,24 @@ export class Trainer {
         o.loraR = a.config.r;
         o.loraAlpha = a.config.alpha;
         o.loraTargets = a.config.targets;
-        if (a.massesPath && !o.masses) masses = loadMasses(a.massesPath, cfg.numLayers, cfg.numHeads).map((v) => Float64Array.from(v));
+        if (a.massesPath && !o.masses) masses = loadMasses(a.massesPath, cfg.numLayers, cfg.numHeads, massOpts).map((v) => Float64Array.from(v));
         for (const [name, t] of a.saved) norms.set(name, Float64Array.from(toF64(t)));
+      } else if (o.full) {
+        modules = [];
+        o.loraTargets = [];
       } else {
         modules = o.loraTargets.length ? initLora(cfg, parseTargets(o.loraTargets), o.loraR, o.loraAlpha, o.seed) : [];
       }
-      if (o.trainNorms) {
+      let fullWeights: Map<string, { shape: number[]; data: Float32Array }> | null = null;
+      if (o.full) {
+        fullWeights = new Map();
+        for (const [name, shape] of expectedWeightShapes(cfg)) {
+          const t = files.weights.read(name);
+          if (t.data.length !== shape.reduce((a, b) => a * b, 1)) fail(`${dir}: tensor "${name}" has shape [${t.shape}], expected [${shape}]`);
+          fullWeights.set(name, { shape, data: Float32Array.from(toF32(t)) });
+        }
+      }
+      if (o.trainNorms && !o.full) {
         const names = [...Array(cfg.numLayers).keys()].flatMap((i) => [`model.layers.${i}.input_layernorm.weight`, `model.layers.${i}.post_attention_layernorm.weight`]);
         names.push('model.norm.weight');
         for (const n of names) if (!norms.has(n)) norms.set(n, Float64Array.from(toF64(files.weights.read(n))));
@@ -202,8 +244,8 @@ export class Trainer {
       // f64 loops read weights on the host: keep the host copy instead of moving it into kernel memory
       const be = ops.backend;
       const uploader = precision === 'f64' ? ({ upload: (t: HostTensor) => be.upload(t, 'other') } as unknown as Backend) : be;
-      const weights = uploadWeights(uploader, cfg, (name) => files.weights.read(name));
-      return new Trainer(dir, cfg, o, ops, weights, masses, modules, adapterConfig, norms);
+      const weights = fullWeights ? (null as unknown as ModelWeights) : uploadWeights(uploader, cfg, (name) => files.weights.read(name));
+      return new Trainer(dir, cfg, o, ops, weights, masses, modules, adapterConfig, norms, fullWeights);
     } finally {
       files.weights.close();
     }
@@ -220,10 +262,42 @@ export class Trainer {
     for (const m of this.modules) lora.set(m.path, { A: ops.fromHost(m.A, [m.r, m.inF]), B: ops.fromHost(m.B, [m.outF, m.r]) });
     const norms = new Map<string, ReturnType<TrainOps['fromHost']>>();
     for (const [n, v] of this.norms) norms.set(n, ops.fromHost(v, [v.length]));
-    return { lora, norms, masses: this.masses };
+    const pt: ParamTensors = { lora, norms, masses: this.masses };
+    if (this.fullWeights) pt.weights = this.uploadFull(this.fullWeights);
+    return pt;
+  }
+
+  /** this step's copies of every weight, in the layout of model/qwen2.ts */
+  private uploadFull(fw: Map<string, { shape: number[]; data: Float32Array }>): ModelWeights {
+    const c = this.config;
+    const up = (name: string) => {
+      const w = fw.get(name)!;
+      return this.ops.fromHost(w.data, w.shape);
+    };
+    const opt = (has: boolean, name: string) => (has ? up(name) : null);
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `model.layers.${i}.`;
+      layers.push({
+        inputNorm: up(p + 'input_layernorm.weight'),
+        q: up(p + 'self_attn.q_proj.weight'), k: up(p + 'self_attn.k_proj.weight'), v: up(p + 'self_attn.v_proj.weight'), o: up(p + 'self_attn.o_proj.weight'),
+        qb: opt(c.qkvBias, p + 'self_attn.q_proj.bias'), kb: opt(c.qkvBias, p + 'self_attn.k_proj.bias'), vb: opt(c.qkvBias, p + 'self_attn.v_proj.bias'),
+        ob: opt(c.oBias, p + 'self_attn.o_proj.bias'),
+        postNorm: up(p + 'post_attention_layernorm.weight'),
+        gate: up(p + 'mlp.gate_proj.weight'), up: up(p + 'mlp.up_proj.weight'), down: up(p + 'mlp.down_proj.weight'),
+        gateb: opt(c.mlpBias, p + 'mlp.gate_proj.bias'), upb: opt(c.mlpBias, p + 'mlp.up_proj.bias'), downb: opt(c.mlpBias, p + 'mlp.down_proj.bias'),
+      });
+    }
+    const embed = up('model.embed_tokens.weight');
+    return { embed, layers, norm: up('model.norm.weight'), lmHead: c.tieWordEmbeddings ? embed : up('lm_head.weight') };
   }
 
   private releaseParams(p: ParamTensors): void {
+    if (p.weights) {
+      const w = p.weights;
+      const all = [w.embed, w.norm, w.lmHead, ...w.layers.flatMap((l) => Object.values(l))];
+      for (const t of new Set(all)) if (t) this.ops.dispose(t);
+    }
     for (const { A, B } of p.lora.values()) {
       this.ops.dispose(A);
       this.ops.dispose(B);
@@ -268,7 +342,7 @@ export class Trainer {
   private moduleGradNorms(): Record<string, number> {
     const sq: Record<string, number> = {};
     for (const p of this.params) {
-      const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+?)(?:\.lora_[AB])?\.weight$/.exec(p.name)
+      const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+?)(?:\.lora_[AB])?\.(?:weight|bias)$/.exec(p.name)
         ?? /^model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$/.exec(p.name);
       let key: string;
       if (m) key = `layers.${m[1]}.${m[2]}`;
@@ -312,7 +386,7 @@ export class Trainer {
   }
 
   /** Gradient of a parameter from the last trainStep (after clipping), by name. */
-  grad(name: string): Float64Array {
+  grad(name: string): ParamArray {
     const p = this.params.find((q) => q.name === name);
     if (!p) fail(`trainer: no trainable parameter "${name}"`);
     return p.grad;
@@ -325,17 +399,27 @@ export class Trainer {
   save(dir: string): void {
     fs.mkdirSync(dir, { recursive: true });
     const o = this.options;
-    const saved = new Map<string, HostTensor>();
-    for (const [n, v] of this.norms) saved.set(n, { dtype: 'F32', shape: [v.length], data: Float32Array.from(v) });
-    if (this.modules.length || saved.size) {
-      writeAdapter(dir, this.modules, { r: o.loraR, alpha: o.loraAlpha, dropout: o.loraDropout, baseConfig: this.adapterConfig, baseModel: path.resolve(this.dir), saved });
+    if (this.fullWeights) {
+      saveFullModel(dir, {
+        sourceDir: this.dir, config: this.config, masses: this.massLog(), dtype: o.saveDtype ?? 'f32',
+        weights: [...this.fullWeights].map(([name, w]) => ({ name, shape: w.shape, data: w.data })),
+        attention: o.attention, eps: o.eps, massPerGroup: !!o.massPerGroup,
+      });
+    } else {
+      const saved = new Map<string, HostTensor>();
+      for (const [n, v] of this.norms) saved.set(n, { dtype: 'F32', shape: [v.length], data: Float32Array.from(v) });
+      if (this.modules.length || saved.size) {
+        writeAdapter(dir, this.modules, { r: o.loraR, alpha: o.loraAlpha, dropout: o.loraDropout, baseConfig: this.adapterConfig, baseModel: path.resolve(this.dir), saved });
+      }
+      if (o.trainMasses) saveMasses(dir, this.massLog());
     }
-    if (o.trainMasses) saveMasses(dir, this.massLog());
     const tensors = new Map<string, HostTensor>();
+    // f32 masters stay f32 (a full run's optimizer file would double otherwise); f64 ones stay f64
+    const t = (p: Param, a: ParamArray): HostTensor => (a instanceof Float32Array ? { dtype: 'F32', shape: p.shape, data: a } : { dtype: 'F64', shape: p.shape, data: Float64Array.from(a) });
     for (const p of this.params) {
-      tensors.set(`param.${p.name}`, { dtype: 'F64', shape: p.shape, data: Float64Array.from(p.data) });
-      if (p.expAvg) tensors.set(`exp_avg.${p.name}`, { dtype: 'F64', shape: p.shape, data: Float64Array.from(p.expAvg) });
-      if (p.expAvgSq) tensors.set(`exp_avg_sq.${p.name}`, { dtype: 'F64', shape: p.shape, data: Float64Array.from(p.expAvgSq) });
+      tensors.set(`param.${p.name}`, t(p, p.data));
+      if (p.expAvg) tensors.set(`exp_avg.${p.name}`, t(p, p.expAvg));
+      if (p.expAvgSq) tensors.set(`exp_avg_sq.${p.name}`, t(p, p.expAvgSq));
     }
     writeSafetensors(path.join(dir, OPTIM_FILE), tensors, { format: 'pt' });
     const state = {
@@ -365,10 +449,10 @@ export class Trainer {
       for (const p of this.params) {
         const key = `param.${p.name}`;
         if (!f.tensors.has(key)) fail(`${OPTIM_FILE}: no "${key}": the saved run trained other parameters (${state.params.slice(0, 3).join(', ')}, ...)`);
-        const load = (k: string): Float64Array => {
+        const load = (k: string): ParamArray => {
           const t = f.read(k);
           if (t.data.length !== p.data.length) fail(`${OPTIM_FILE}: tensor "${k}" has shape [${t.shape}], expected [${p.shape}]`);
-          return Float64Array.from(toF64(t));
+          return p.data instanceof Float32Array ? Float32Array.from(toF32(t)) : Float64Array.from(toF64(t));
         };
         p.data.set(load(key));
         if (f.tensors.has(`exp_avg.${p.name}`)) p.expAvg = load(`exp_avg.${p.name}`);
