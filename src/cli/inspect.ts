@@ -67,7 +67,7 @@ export async function run(argv: string[]): Promise<number> {
     let massError: string | null = null;
     if (files.massesPath) {
       try {
-        masses = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads).map((l) => [...l].map(softplus));
+        masses = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads, { numKVHeads: cfg.numKVHeads }).map((l) => [...l].map(softplus));
       } catch (e) {
         massError = (e as Error).message; // inspect should still describe a folder with broken masses
       }

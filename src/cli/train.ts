@@ -1,9 +1,10 @@
-/** `gravity train`: LoRA / mass / norm fine-tuning of a model folder on a text, chat or token-id dataset. */
+/** `gravity train`: LoRA / mass / norm fine-tuning, or full training (--full), of a model folder on a text, chat or token-id dataset. */
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAttentionKind } from '../attention/registry.js';
 import { fail } from '../errors.js';
 import { parseConfig } from '../io/config.js';
+import { modelDefaults } from '../model/load.js';
 import { crc32 } from '../io/zip.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { BatchSchedule, evalBatches, loadData, overlapCount, splitValidation, type DataOptions, type PackedData } from '../train/data.js';
@@ -13,8 +14,10 @@ import { UsageError, flag, int, num, parseCommand, required, str, type Values } 
 
 export const usage = `usage: gravity train --model DIR --data FILE --out DIR [options]
 
-Fine-tunes LoRA adapters (and optionally the gravity masses and RMSNorm weights) of a Qwen2/Llama model folder.
-Writes OUT/metrics.jsonl, OUT/checkpoint-<step>/, the final adapter (PEFT layout) and figures into OUT.
+Fine-tunes LoRA adapters (and optionally the gravity masses and RMSNorm weights) of a Qwen2/Llama model folder,
+or trains every weight (--full; start from scratch with gravity init-random --config FILE.json --out DIR).
+Writes OUT/metrics.jsonl, OUT/checkpoint-<step>/, the final adapter (PEFT layout) or, with --full, a complete
+model folder (config.json, model.safetensors, tokenizer, masses) and figures into OUT.
 
 data:
   --data FILE            .jsonl ({"text"}, {"messages"} (loss on assistant turns only), {"input_ids", "labels"?})
@@ -36,6 +39,10 @@ what to train:
   --init-adapter DIR     start from a PEFT adapter (its r, alpha and targets are used)
   --train-masses         also train the gravity masses (mass_log per head)
   --train-norms          also train the RMSNorm weights
+  --full                 train every weight (embeddings, linears, biases, norms, lm_head) with f32 masters;
+                         no LoRA; weight decay only on the matrices (not norms, biases, masses)
+  --save-dtype f32|bf16  --full: dtype of the saved model.safetensors (default f32)
+  --mass-per-group       one mass per KV group instead of one per query head (saved as [layers, kv_heads])
 
 optimizer:
   --optimizer adamw|sgd  (default adamw)
@@ -47,10 +54,12 @@ optimizer:
 
 model:
   --model DIR            model folder (config.json, *.safetensors, masses, tokenizer.json)
-  --attn gravity|dot     attention score function (default gravity)
+  --attn KIND            gravity, dot or gravity-pure (gravity scores / their sum, no softmax; the mass
+                         cancels there); default: the model's config.json gravity_attention, else gravity
   --masses FILE          gravity masses overriding the folder's
-  --mass-init SPEC       masses when the folder has none: raw:0.5 or mass:0.5
-  --eps E                gravity softening epsilon (default 0.1)
+  --mass-init SPEC       masses when the folder has none (with --full: replacing the folder's): raw:0.5 or mass:0.5
+  --eps E                gravity softening epsilon (default: config.json gravity_eps, else 0.1); saved with
+                         the run and, with --full, into the saved config.json
   --device cpu|webgpu    (default cpu)
 
 run:
@@ -74,6 +83,9 @@ const OPTIONS = {
   'lora-targets': { type: 'string' },
   'train-masses': { type: 'boolean' },
   'train-norms': { type: 'boolean' },
+  full: { type: 'boolean' },
+  'save-dtype': { type: 'string' },
+  'mass-per-group': { type: 'boolean' },
   optimizer: { type: 'string' },
   lr: { type: 'string' },
   steps: { type: 'string' },
@@ -189,10 +201,15 @@ export async function run(argv: string[]): Promise<number> {
   if (device === 'webgpu') fail('--device webgpu: training on WebGPU is not available yet (the trainer has CPU kernels only); use --device cpu');
   const optimizer = str(v, 'optimizer') ?? 'adamw';
   if (optimizer !== 'adamw' && optimizer !== 'sgd') fail(`--optimizer '${optimizer}': expected adamw or sgd`);
+  const defaults = modelDefaults(modelDir);
   const attnName = str(v, 'attn');
-  const attention = attnName === undefined ? 'gravity' : parseAttentionKind(attnName);
-  const eps = num(v, 'eps');
+  const attention = attnName === undefined ? (defaults.attention ?? 'gravity') : parseAttentionKind(attnName);
+  const eps = num(v, 'eps') ?? defaults.eps;
   if (eps !== undefined && !(eps > 0)) fail(`--eps must be > 0, got ${eps}`);
+  const full = flag(v, 'full');
+  const saveDtype = str(v, 'save-dtype');
+  if (saveDtype !== undefined && saveDtype !== 'f32' && saveDtype !== 'bf16') fail(`--save-dtype '${saveDtype}': expected f32 or bf16`);
+  if (saveDtype !== undefined && !full) throw new UsageError('--save-dtype needs --full (adapters are saved in f32)', usage);
   const targets = (str(v, 'lora-targets') ?? 'q_proj,k_proj,v_proj,o_proj').split(',').map((s) => s.trim()).filter(Boolean);
   const opts = {
     loraR: positive(v, 'lora-r', 16),
@@ -210,8 +227,11 @@ export async function run(argv: string[]): Promise<number> {
     totalSteps,
     gradAccum,
     seed,
-    attention: attention as 'gravity' | 'dot',
+    attention,
     ...(eps !== undefined ? { eps } : {}),
+    full,
+    ...(saveDtype !== undefined ? { saveDtype: saveDtype as 'f32' | 'bf16' } : {}),
+    massPerGroup: flag(v, 'mass-per-group'),
     massInit: str(v, 'mass-init'),
     masses: str(v, 'masses'),
     initAdapter: str(v, 'init-adapter'),
@@ -225,8 +245,9 @@ export async function run(argv: string[]): Promise<number> {
     `data: ${loaded.records} records -> ${train.count} windows of ${seqLen} tokens (${lossTokens} with loss)` +
       (val ? `; validation ${val.count} windows` : '') +
       `\nrun: ${totalSteps} steps of ${batchSize}x${gradAccum} windows (${schedule.epochAt(totalSteps).toFixed(2)} epochs), ` +
-      `${opts.optimizer} lr ${opts.lr}, ${opts.trainMasses ? 'masses, ' : ''}${opts.trainNorms ? 'norms, ' : ''}` +
-      `LoRA r=${trainer.options.loraR} on ${trainer.options.loraTargets.join(',') || 'nothing'}`,
+      `${opts.optimizer} lr ${opts.lr}, ${attention}${attention !== 'dot' ? ` eps ${trainer.options.eps}` : ''}, ${opts.trainMasses ? `masses${opts.massPerGroup ? ' per KV group' : ''}, ` : ''}` +
+      (full ? `all ${trainer.params.reduce((n, p) => n + p.data.length, 0).toLocaleString('en-US')} parameters` :
+        `${opts.trainNorms ? 'norms, ' : ''}LoRA r=${trainer.options.loraR} on ${trainer.options.loraTargets.join(',') || 'nothing'}`),
   );
 
   const evalEvery = nonNeg(v, 'eval-every', 100);

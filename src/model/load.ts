@@ -1,7 +1,13 @@
-/** Loads a model folder (config, weights, masses, generation config, tokenizer) into a CausalLM on a backend. */
+/**
+ * Loads a model folder (config, weights, masses, generation config, tokenizer) into a CausalLM on a backend.
+ * Models trained here carry `gravity_attention` and `gravity_eps` in config.json: they are the defaults when
+ * the caller gives no attention / eps.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { AttentionKind, Backend } from '../backend/backend.js';
 import { createCpuBackend } from '../backend/cpu/index.js';
-import { DEFAULT_EPS, parseMassInit } from '../attention/registry.js';
+import { ATTENTION_KINDS, DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
 import { fail } from '../errors.js';
 import { checkWeights, loadCheckpointFiles } from '../io/checkpoint.js';
 import { findMassesFile, loadMasses } from '../io/masses.js';
@@ -13,7 +19,7 @@ export type DeviceName = 'cpu' | 'webgpu' | 'auto';
 
 export interface LoadOptions {
   device?: DeviceName;
-  /** default 'gravity' */
+  /** default: config.json's gravity_attention, else 'gravity' */
   attention?: AttentionKind;
   /** masses file overriding the one found in the folder */
   masses?: string;
@@ -22,7 +28,7 @@ export interface LoadOptions {
    * 'raw:0.5' = every raw mass_log is 0.5 (M = softplus(0.5) ≈ 0.974); 'mass:0.5' = M = 0.5 exactly.
    */
   massInit?: string;
-  /** gravity softening ε, default 0.1 */
+  /** gravity softening ε; default: config.json's gravity_eps, else 0.1 */
   eps?: number;
   /** PEFT adapter folder applied without merging */
   adapter?: string;
@@ -55,20 +61,50 @@ export async function createBackend(device: DeviceName = 'cpu'): Promise<Backend
   return fail(`unknown device '${device}' (cpu, webgpu, auto)`);
 }
 
+export interface ModelDefaults {
+  attention?: AttentionKind;
+  eps?: number;
+}
+
+/** The gravity_attention / gravity_eps keys of a folder's config.json (written by full training runs). */
+export function modelDefaults(dir: string): ModelDefaults {
+  const file = path.join(dir, 'config.json');
+  if (!fs.existsSync(file)) return {};
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    return fail(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+  const out: ModelDefaults = {};
+  const a = json?.gravity_attention;
+  if (a !== undefined && a !== null) {
+    if (typeof a !== 'string' || !(ATTENTION_KINDS as readonly string[]).includes(a)) fail(`${file}: "gravity_attention" must be one of ${ATTENTION_KINDS.join(', ')}, found ${JSON.stringify(a)}`);
+    out.attention = a as AttentionKind;
+  }
+  const e = json?.gravity_eps;
+  if (e !== undefined && e !== null) {
+    if (typeof e !== 'number' || !(e > 0)) fail(`${file}: "gravity_eps" must be a number > 0, found ${JSON.stringify(e)}`);
+    out.eps = e;
+  }
+  return out;
+}
+
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   // masses trained with an adapter live in the adapter folder and take precedence over the base's
   const adapterMasses = opts.adapter && !opts.masses ? findMassesFile(opts.adapter) : null;
   const files = loadCheckpointFiles(dir, { masses: opts.masses ?? adapterMasses ?? undefined });
   const cfg = files.config;
   checkWeights(files.weights, cfg);
-  const attention = opts.attention ?? 'gravity';
+  const defaults = modelDefaults(files.dir);
+  const attention = opts.attention ?? defaults.attention ?? 'gravity';
 
   let massLog: Float32Array[];
-  if (files.massesPath) massLog = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads);
+  if (files.massesPath) massLog = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads, { numKVHeads: cfg.numKVHeads });
   else if (opts.massInit !== undefined) {
     const raw = parseMassInit(opts.massInit);
     massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(raw));
-  } else if (attention === 'gravity') {
+  } else if (usesMasses(attention)) {
     return fail(`${files.dir}: no gravity_mass_log.pt or gravity_mass_log.safetensors; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
   } else massLog = [];
 
@@ -90,7 +126,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   files.weights.close();
   const model = new Qwen2Model(cfg, be, weights, massLog);
   model.attention = attention;
-  model.eps = opts.eps ?? DEFAULT_EPS;
+  model.eps = opts.eps ?? defaults.eps ?? DEFAULT_EPS;
   const eos = files.generation?.eosTokenIds?.length ? files.generation.eosTokenIds : cfg.eosTokenIds;
   return Object.assign(model, {
     dir: files.dir,

@@ -100,7 +100,7 @@ export function mergeAdapter(baseDir: string, adapterDir: string, outDir: string
       fs.writeFileSync(path.join(tmp, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n');
     }
     const massesPath = adapter.massesPath ?? files.massesPath;
-    if (massesPath) saveMasses(tmp, loadMasses(massesPath, cfg.numLayers, cfg.numHeads));
+    if (massesPath) saveMasses(tmp, loadMasses(massesPath, cfg.numLayers, cfg.numHeads, { numKVHeads: cfg.numKVHeads }));
     files.weights.close();
     if (fs.existsSync(out)) fs.rmSync(out, { recursive: true, force: true });
     fs.renameSync(tmp, out);
