@@ -36,7 +36,7 @@ function pow2Divisor(D: number, cap: number): number {
 
 function sharedBytes(c: Cfg): number {
   const R = c.G * c.TQ;
-  return 4 * (R * c.D + c.BK * c.D + R * c.BK + c.BK);
+  return 4 * (R * (c.D + 1) + c.BK * (c.D + 1) + R * c.BK + c.BK);
 }
 
 function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg {
@@ -59,12 +59,13 @@ function flashShader(c: Cfg, gravity: boolean, split: boolean): string {
   const NT = R * c.TPR;
   // gravity takes |q - k|² directly: |q|² + |k|² - 2 q·k cancels badly in f32 when q is near k, and near
   // k is exactly where the score (up to M²/eps) is largest
+  const SB = Math.ceil(c.BK / c.TPR); // keys scored per thread per tile
+  const partial = SB * c.TPR > c.BK; // some threads' last key is past the tile: clamp their reads
+  const kidx = partial ? `min(part + TPR * c, BK - 1u)` : `(part + TPR * c)`;
   const inner = gravity
-    ? `let df = Qs[rr * D + d] - KVs[j * D + d]; dt = fma(df, df, dt);`
-    : `dt = fma(Qs[rr * D + d], KVs[j * D + d], dt);`;
-  const score = gravity ? `s = mass[kvh * G + rr % G] / (dt + p.eps);` : `s = p.scale * dt;`;
-  // the automatic layout drops bindings a shader never names; dot never reads the masses
-  const touchMass = gravity ? '' : '_ = mass[0];';
+    ? `let df = qv - KVs[${kidx} * DP + d]; dts[c] = fma(df, df, dts[c]);`
+    : `dts[c] = fma(qv, KVs[${kidx} * DP + d], dts[c]);`;
+  const score = gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
   const store = split
     ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
     for (var i = 0u; i < DPT; i++) { out[base + part + TPR * i] = o[i]; }
@@ -89,8 +90,10 @@ const NT = ${NT}u;
 const BK = ${c.BK}u;
 const DPT = ${c.D / c.TPR}u;
 const MASKED = -3.0e38;
-var<workgroup> Qs: array<f32, ${R * c.D}>;
-var<workgroup> KVs: array<f32, ${c.BK * c.D}>;
+const DP = ${c.D + 1}u;   // row stride of Qs and KVs: one float of padding keeps the rows in different banks
+const SB = ${SB}u;
+var<workgroup> Qs: array<f32, ${R * (c.D + 1)}>;
+var<workgroup> KVs: array<f32, ${c.BK * (c.D + 1)}>;
 var<workgroup> Ss: array<f32, ${R * c.BK}>;
 var<workgroup> oks: array<u32, BK>;
 @compute @workgroup_size(${NT})
@@ -101,18 +104,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let b = bh / p.Hkv;
   let kvh = bh % p.Hkv;
   let HD = p.Hq * D;
-  ${touchMass}
   // rows are (query t0 + r / G, head kvh * G + r % G)
   for (var e = lid; e < R * D; e += NT) {
     let r = e / D;
     let t = t0 + r / G;
     var v = 0.0;
     if (t < p.T) { v = q[(b * p.T + t) * HD + (kvh * G + r % G) * D + e % D]; }
-    Qs[e] = v;
+    Qs[r * DP + e % D] = v;
   }
   workgroupBarrier();
   let r = lid / TPR;
   let part = lid % TPR;
+  let t = t0 + r / G;             // this thread's row: query t, head h
+  let h = kvh * G + r % G;
   let kEnd = p.start + min(t0 + TQ, p.T);   // exclusive: the last query's slot + 1
   let k0 = split * p.kps;
   let k1 = min(kEnd, k0 + p.kps);
@@ -124,7 +128,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let slot = kb + e / D;
       var v = 0.0;
       if (slot < k1) { v = kc[(bh * p.maxLen + slot) * D + e % D]; }
-      KVs[e] = v;
+      KVs[(e / D) * DP + e % D] = v;
     }
     for (var j = lid; j < BK; j += NT) {
       let slot = kb + j;
@@ -133,17 +137,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       oks[j] = ok;
     }
     workgroupBarrier();
-    for (var e = lid; e < R * BK; e += NT) {
-      let rr = e / BK;
-      let j = e % BK;
-      let tt = t0 + rr / G;
-      var s = MASKED;
-      if (oks[j] != 0u && tt < p.T && kb + j <= p.start + tt) {
-        var dt = 0.0;
-        for (var d = 0u; d < D; d++) { ${inner} }
-        ${score}
+    // scores of this thread's row r for keys part + TPR * c: the q value is read once per d for all SB keys
+    {
+      var dts = array<f32, SB>();   // explicit: some compilers keep a loop-scoped var across iterations
+      for (var d = 0u; d < D; d++) {
+        let qv = Qs[r * DP + d];
+        for (var c = 0u; c < SB; c++) { ${inner} }
       }
-      Ss[e] = s;
+      for (var c = 0u; c < SB; c++) {
+        let j = part + TPR * c;
+        ${partial ? 'if (j >= BK) { break; }' : ''}
+        var s = MASKED;
+        if (oks[j] != 0u && t < p.T && kb + j <= p.start + t) { ${score} }
+        Ss[r * BK + j] = s;
+      }
     }
     workgroupBarrier();
     // masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
@@ -157,7 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let slot = kb + e / D;
       var v = 0.0;
       if (slot < k1) { v = vc[(bh * p.maxLen + slot) * D + e % D]; }
-      KVs[e] = v;
+      KVs[(e / D) * DP + e % D] = v;
     }
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
@@ -165,13 +172,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (s > -1.0e38) {
         let pj = exp(s - m);
         l += pj;
-        for (var i = 0u; i < DPT; i++) { o[i] = fma(pj, KVs[j * D + part + TPR * i], o[i]); }
+        for (var i = 0u; i < DPT; i++) { o[i] = fma(pj, KVs[j * DP + part + TPR * i], o[i]); }
       }
     }
     workgroupBarrier();
   }
-  let t = t0 + r / G;
-  let h = kvh * G + r % G;
   if (t < p.T) {
     ${store}
   }
