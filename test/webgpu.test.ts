@@ -355,6 +355,19 @@ describe('webgpu backend', () => {
     assert.throws(() => be.linear(x, be.fromF32(new Float32Array(6), [3, 2]), null), GravityError);
   });
 
+  test('errors: no adapter gives the one-line install hint', async () => {
+    // a browser-style navigator.gpu without adapters takes precedence over Dawn
+    const saved = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
+    Object.defineProperty(globalThis, 'navigator', { value: { gpu: { requestAdapter: async () => null } }, configurable: true, writable: true });
+    try {
+      await assert.rejects(createWebGPUBackend(), (e: Error) => e instanceof GravityError && e.message === 'WebGPU: no adapter found (install a Vulkan driver, or use --device cpu)');
+      assert.equal(await webgpuAvailable(), false);
+    } finally {
+      if (saved) Object.defineProperty(globalThis, 'navigator', saved);
+      else delete (globalThis as { navigator?: unknown }).navigator;
+    }
+  });
+
   test('device loss rejects pending reads instead of hanging', async () => {
     const other = await createWebGPUBackend();
     const t = other.fromF32(rand(16, 3), [16]);
