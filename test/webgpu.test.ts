@@ -228,15 +228,15 @@ describe('webgpu backend', () => {
       { Hq: 4, Hkv: 2, D: 16, label: 'GQA 4/2' },
       { Hq: 2, Hkv: 2, D: 16, label: 'MHA 2' },
     ];
-    for (const kind of ['gravity', 'dot'] as const) {
-      for (const { Hq, Hkv, D, label } of shapes) {
+    for (const kind of ['gravity', 'dot', 'gravity-pure'] as const) {
+      for (const { Hq, Hkv, D, label } of kind === 'gravity-pure' ? shapes.slice(0, 1) : shapes) {
         test(`${kind} ${label}: padded batch of 2, prefill, chunked prefill, decode (split-K)`, async () => {
           const B = 2;
           const maxLen = 160;
           const pad = 3; // sequence 1 starts with 3 padding slots
           const p: AttentionParams = {
             kind, numHeads: Hq, numKVHeads: Hkv, headDim: D,
-            massSq: kind === 'gravity' ? Float32Array.from({ length: Hq }, (_, h) => 0.5 + 0.7 * h) : null,
+            massSq: kind !== 'dot' ? Float32Array.from({ length: Hq }, (_, h) => 0.5 + 0.7 * h) : null,
             eps: 0.1, scale: 1 / Math.sqrt(D),
           };
           const layers = 2;
@@ -249,7 +249,7 @@ describe('webgpu backend', () => {
           for (const T of steps) {
             for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) cache.keyValid[b * maxLen + start + t] = b === 1 && start + t < pad ? 0 : 1;
             const layer = T === 1 ? 1 : start % 2; // both layers get used; decode goes to layer 1
-            const scaleQK = kind === 'gravity' ? 0.6 : 1.5;
+            const scaleQK = kind !== 'dot' ? 0.6 : 1.5;
             const q = rand(B * T * Hq * D, seed++, scaleQK);
             const k = rand(B * T * Hkv * D, seed++, scaleQK);
             const v = rand(B * T * Hkv * D, seed++);

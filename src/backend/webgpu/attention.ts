@@ -13,8 +13,9 @@
  * weights exp(m_s - max m). Prefill runs with one split and writes the output directly.
  *
  * gravity: s = M_h² / (|q - k|² + eps) (the distance summed directly, see flashShader); dot: s = scale * q·k.
+ * gravity-pure: no softmax, weights s / sum(s) (m stays 0, so the split combine needs no change).
  */
-import type { AttentionParams } from '../backend.js';
+import type { AttentionKind, AttentionParams } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
 import type { GpuKVCache } from './kvcache.js';
@@ -54,7 +55,9 @@ function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg 
   throw new GravityError(`attention: head dim ${D} with ${G} heads per group needs more workgroup memory than this device has (${ctx.maxWorkgroupMem} bytes)`);
 }
 
-function flashShader(c: Cfg, gravity: boolean, split: boolean): string {
+function flashShader(c: Cfg, kind: AttentionKind, split: boolean): string {
+  const gravity = kind !== 'dot';
+  const pure = kind === 'gravity-pure';
   const R = c.G * c.TQ;
   const NT = R * c.TPR;
   // gravity takes |q - k|² directly: |q|² + |k|² - 2 q·k cancels badly in f32 when q is near k, and near
@@ -120,7 +123,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kEnd = p.start + min(t0 + TQ, p.T);   // exclusive: the last query's slot + 1
   let k0 = split * p.kps;
   let k1 = min(kEnd, k0 + p.kps);
-  var m = -1.0e30;
+  var m = ${pure ? '0.0' : '-1.0e30'};   // gravity-pure has no max: its weights are the scores, s / sum(s)
   var l = 0.0;
   var o: array<f32, DPT>;
   for (var kb = k0; kb < k1; kb += BK) {
@@ -153,13 +156,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     workgroupBarrier();
-    // masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
+    ${pure ? '' : `// masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
     var mt = m;
     for (var j = 0u; j < BK; j++) { mt = max(mt, Ss[r * BK + j]); }
     let alpha = exp(m - mt);
     m = mt;
     l *= alpha;
-    for (var i = 0u; i < DPT; i++) { o[i] *= alpha; }
+    for (var i = 0u; i < DPT; i++) { o[i] *= alpha; }`}
     for (var e = lid; e < BK * D; e += NT) {
       let slot = kb + e / D;
       var v = 0.0;
@@ -170,7 +173,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var j = 0u; j < BK; j++) {
       let s = Ss[r * BK + j];
       if (s > -1.0e38) {
-        let pj = exp(s - m);
+        let pj = ${pure ? 's' : 'exp(s - m)'};
         l += pj;
         for (var i = 0u; i < DPT; i++) { o[i] = fma(pj, KVs[j * DP + part + TPR * i], o[i]); }
       }
@@ -222,7 +225,7 @@ export function attentionKernel(
   }
   if (Hq % Hkv !== 0) throw new GravityError(`attention: ${Hq} query heads is not a multiple of ${Hkv} kv heads`);
   if (start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
-  const gravity = p.kind === 'gravity';
+  const gravity = p.kind !== 'dot';
   if (gravity && (!p.massSq || p.massSq.length !== Hq)) throw new GravityError(`attention: gravity needs massSq of length ${Hq}`);
   const G = Hq / Hkv;
   const B = c.batch;
@@ -239,8 +242,8 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const key = `attn:${gravity ? 'g' : 'd'}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
-  const pl = ctx.pipeline(key, () => flashShader(cfg, gravity, split));
+  const key = `attn:${p.kind}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
+  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split));
   const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale);
   const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];

@@ -208,7 +208,6 @@ export class WebGPUBackend implements Backend {
   }
 
   attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor {
-    if (p.kind === 'gravity-pure') throw new GravityError("attention 'gravity-pure' is not implemented on webgpu; use --device cpu");
     const c = this.cache(cache);
     const qt = needF32(q, 'attention', 'q');
     if (numel(qt.shape) !== c.batch * T * p.numHeads * p.headDim) {
