@@ -216,3 +216,36 @@ test('gravity train --full end to end: a loadable model folder in OUT with ε an
   assert.ok(logits.every(Number.isFinite));
   assert.ok(fs.existsSync(path.join(out, 'checkpoint-4', 'model.safetensors')));
 });
+
+test('gravity-pure inference (cpu): left padding changes nothing, attention maps are s / Σs rows', async () => {
+  const dir = model(base, 21);
+  const m = await loadModel(dir, { backend: be, attention: 'gravity-pure' });
+  const seq = [5, 9, 11, 4, 20];
+  const one = await m.forward(m.newSession(1, 5), [seq], { logits: 'all' });
+  const maps: Float32Array[] = [];
+  const padded = await m.forward(m.newSession(2, 7), [[0, 0, ...seq], [...seq, 7, 8]], { logits: 'all', attentionMask: [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], attentionMaps: maps });
+  const V = base.vocabSize;
+  let worst = 0;
+  for (let t = 0; t < 5; t++) for (let v = 0; v < V; v++) {
+    worst = Math.max(worst, Math.abs(padded[(2 + t) * V + v] - one[t * V + v]), Math.abs(padded[(7 + t) * V + v] - one[t * V + v]));
+  }
+  assert.ok(worst < 1e-5, `padding changed the logits by ${worst}`);
+  // layer 0, sequence 0, head 0: padded keys get 0, each real row sums to 1
+  const p = maps[0];
+  for (let t = 2; t < 7; t++) {
+    const row = p.subarray(t * 7, t * 7 + 7);
+    assert.equal(row[0], 0);
+    assert.equal(row[1], 0);
+    assert.ok(Math.abs(row.reduce((a, c) => a + c, 0) - 1) < 1e-5);
+  }
+  // the mass cancels: other masses, same logits (up to rounding); plain gravity does change
+  const changed = async (kind: AttentionKind) => {
+    const mm = await loadModel(dir, { backend: be, attention: kind });
+    const a = await mm.forward(mm.newSession(1, 5), [seq], { logits: 'all' });
+    for (let l = 0; l < mm.massLog.length; l++) mm.massLog[l] = mm.massLog[l].map((x, h) => x + 1 + h);
+    const b = await mm.forward(mm.newSession(1, 5), [seq], { logits: 'all' });
+    return a.reduce((w, x, i) => Math.max(w, Math.abs(x - b[i])), 0);
+  };
+  assert.ok((await changed('gravity-pure')) < 1e-5, 'gravity-pure depends on the mass');
+  assert.ok((await changed('gravity')) > 1e-3, 'gravity should depend on the mass');
+});
