@@ -229,7 +229,10 @@ describe('webgpu backend', () => {
       { Hq: 2, Hkv: 2, D: 16, label: 'MHA 2' },
     ];
     for (const kind of ['gravity', 'dot', 'gravity-pure'] as const) {
-      for (const { Hq, Hkv, D, label } of kind === 'gravity-pure' ? shapes.slice(0, 1) : shapes) {
+      // 14/2 at D = 64 is Qwen2.5-0.5B's shape: 7 heads per group, so 28-row query tiles (not a power of two)
+      // 16/2 at D = 128 is Qwen2.5-3B's (the benchmark's): 8 heads per group, 32-row tiles, 16-key tiles here
+      const extra = kind === 'gravity' ? [{ Hq: 14, Hkv: 2, D: 64, label: 'GQA 14/2 D=64' }, { Hq: 16, Hkv: 2, D: 128, label: 'GQA 16/2 D=128' }] : [];
+      for (const { Hq, Hkv, D, label } of kind === 'gravity-pure' ? shapes.slice(0, 1) : [...shapes, ...extra]) {
         test(`${kind} ${label}: padded batch of 2, prefill, chunked prefill, decode (split-K)`, async () => {
           const B = 2;
           const maxLen = 160;
