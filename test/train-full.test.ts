@@ -136,8 +136,15 @@ for (const attention of ['gravity', 'dot', 'gravity-pure'] as AttentionKind[]) {
     for (let i = 0; i < 3; i++) await tr.trainStep([b]);
     const out = tmpDir();
     tr.save(out);
-    for (const f of ['config.json', 'model.safetensors', 'generation_config.json', 'tokenizer_config.json', 'gravity_mass_log.safetensors', 'gravity_mass_log.pt', 'trainer_state.json', 'optimizer.safetensors']) {
+    for (const f of ['config.json', 'model.safetensors', 'generation_config.json', 'tokenizer_config.json', 'trainer_state.json', 'optimizer.safetensors']) {
       assert.ok(fs.existsSync(path.join(out, f)), f);
+    }
+    // a dot run's masses are untrained: not saved (converting to gravity then needs --mass-init)
+    assert.equal(fs.existsSync(path.join(out, 'gravity_mass_log.safetensors')), attention !== 'dot');
+    if (attention === 'dot') {
+      assert.equal((await loadModel(out, { backend: be })).attention, 'dot');
+      await assert.rejects(loadModel(out, { backend: be, attention: 'gravity' }), /mass-init/);
+      return;
     }
     const cfgJson = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
     assert.equal(cfgJson.gravity_eps, 0.3);
@@ -248,4 +255,25 @@ test('gravity-pure inference (cpu): left padding changes nothing, attention maps
   };
   assert.ok((await changed('gravity-pure')) < 1e-5, 'gravity-pure depends on the mass');
   assert.ok((await changed('gravity')) > 1e-3, 'gravity should depend on the mass');
+});
+
+test('conversion: a dot base + a gravity LoRA/mass adapter loads as gravity with the adapter run\'s ε', async () => {
+  const src = model(base, 31);
+  const dotTr = await Trainer.create(src, { ...FULL, lr: 1e-2, attention: 'dot' }, { backend: be });
+  const b = batch(2, 8, base.vocabSize, 32);
+  await dotTr.trainStep([b]);
+  const dotDir = tmpDir();
+  dotTr.save(dotDir);
+  await assert.rejects(Trainer.create(dotDir, { attention: 'gravity', trainMasses: true }, { backend: be }), /mass-init/);
+  const conv = await Trainer.create(dotDir, { attention: 'gravity', eps: 0.25, trainMasses: true, massInit: 'raw:0.5', lr: 1e-2, loraR: 2, loraAlpha: 4 }, { backend: be });
+  for (let i = 0; i < 2; i++) await conv.trainStep([b]);
+  const ad = tmpDir();
+  conv.save(ad);
+  const m = await loadModel(dotDir, { backend: be, adapter: ad });
+  assert.equal(m.attention, 'gravity');
+  assert.equal(m.eps, 0.25);
+  const want = await conv.logits(b);
+  const ids = Array.from({ length: b.B }, (_, i) => [...b.ids.subarray(i * b.T, (i + 1) * b.T)]);
+  const got = await m.forward(m.newSession(b.B, b.T), ids, { logits: 'all' });
+  assert.ok(want.every((w, i) => Math.abs(w - got[i]) < 1e-4), 'adapter logits differ from the trainer');
 });

@@ -90,13 +90,31 @@ export function modelDefaults(dir: string): ModelDefaults {
   return out;
 }
 
+/**
+ * The attention and ε an adapter was trained with, from the trainer_state.json that `gravity train` saves beside
+ * it (a gravity adapter trained on a dot-product base must not run with the base's default).
+ */
+export function adapterDefaults(dir: string): ModelDefaults {
+  const file = path.join(dir, 'trainer_state.json');
+  if (!fs.existsSync(file)) return {};
+  try {
+    const o = JSON.parse(fs.readFileSync(file, 'utf8'))?.options ?? {};
+    const out: ModelDefaults = {};
+    if ((ATTENTION_KINDS as readonly string[]).includes(o.attention)) out.attention = o.attention;
+    if (typeof o.eps === 'number' && o.eps > 0) out.eps = o.eps;
+    return out;
+  } catch {
+    return {}; // not ours or damaged: the adapter itself is checked when read
+  }
+}
+
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   // masses trained with an adapter live in the adapter folder and take precedence over the base's
   const adapterMasses = opts.adapter && !opts.masses ? findMassesFile(opts.adapter) : null;
   const files = loadCheckpointFiles(dir, { masses: opts.masses ?? adapterMasses ?? undefined });
   const cfg = files.config;
   checkWeights(files.weights, cfg);
-  const defaults = modelDefaults(files.dir);
+  const defaults = { ...modelDefaults(files.dir), ...(opts.adapter ? adapterDefaults(opts.adapter) : {}) };
   const attention = opts.attention ?? defaults.attention ?? 'gravity';
 
   let massLog: Float32Array[];

@@ -401,7 +401,9 @@ export class Trainer {
     const o = this.options;
     if (this.fullWeights) {
       saveFullModel(dir, {
-        sourceDir: this.dir, config: this.config, masses: this.massLog(), dtype: o.saveDtype ?? 'f32',
+        // a dot-product run's masses are the untrained ones it started with: leave them out, so converting the
+        // model to gravity later asks for --mass-init instead of silently using random masses
+        sourceDir: this.dir, config: this.config, masses: o.attention === 'dot' ? [] : this.massLog(), dtype: o.saveDtype ?? 'f32',
         weights: [...this.fullWeights].map(([name, w]) => ({ name, shape: w.shape, data: w.data })),
         attention: o.attention, eps: o.eps, massPerGroup: !!o.massPerGroup,
       });
