@@ -371,6 +371,26 @@ describe('webgpu backend', () => {
     }
   });
 
+  test('profiling: per-kernel GPU time through timestamp queries', async () => {
+    const pb = await createWebGPUBackend({ profile: true });
+    try {
+      const x = pb.fromF32(rand(3 * 64, 5), [3, 64]);
+      const w = pb.upload(fromF32(rand(40 * 64, 6), [40, 64], 'BF16'));
+      const want = await pb.read(pb.linear(x, w, null));
+      for (let i = 0; i < 70; i++) pb.dispose(pb.add(pb.linear(x, w, null), pb.linear(x, w, null))); // > one submit of queries
+      const rep = await pb.profileReport();
+      if (!pb.features.includes('timestamp-query')) return assert.equal(rep, null);
+      assert.ok(rep, 'a report');
+      const gemv = rep.find((r) => r.kernel.startsWith('gemv:4:BF16'));
+      assert.ok(gemv && gemv.calls === 141 && gemv.ms > 0, JSON.stringify(rep));
+      assert.equal(rep.find((r) => r.kernel === 'add')?.calls, 70);
+      // profiling changes timing only, not results
+      assert.deepEqual(await pb.read(pb.linear(x, w, null)), want);
+    } finally {
+      pb.destroy();
+    }
+  });
+
   test('device loss rejects pending reads instead of hanging', async () => {
     const other = await createWebGPUBackend();
     const t = other.fromF32(rand(16, 3), [16]);

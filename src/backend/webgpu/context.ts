@@ -11,6 +11,7 @@
 import { GravityError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import type { Tensor } from '../backend.js';
+import { Profiler, type KernelTime } from './profile.js';
 
 /** GPUBufferUsage / GPUMapMode values (spec constants), so no global has to exist */
 export const USAGE = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128 } as const;
@@ -115,7 +116,11 @@ export class GpuContext {
   private errors: string[] = [];
   private destroyed = false;
 
-  constructor(readonly device: GPUDevice) {
+  /** per-kernel timestamps, when the device was created with timestamp-query and profiling was asked for */
+  private profiler: Profiler | null = null;
+
+  constructor(readonly device: GPUDevice, profile = false) {
+    if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);
     const l = device.limits;
     this.maxBinding = l.maxStorageBufferBindingSize;
     this.maxBuffer = l.maxBufferSize;
@@ -292,7 +297,13 @@ export class GpuContext {
       if (this.bindGroups.size >= MAX_BIND_GROUPS) this.bindGroups.clear();
       this.bindGroups.set(key, bg);
     }
-    const pass = this.openPass();
+    const tw = this.profiler?.next(k.key) ?? null;
+    let pass: GPUComputePassEncoder;
+    if (tw) {
+      // a pass of its own, so that its begin/end timestamps bracket exactly this dispatch
+      this.openEncoder();
+      pass = this.pass = this.encoder!.beginComputePass({ timestampWrites: tw });
+    } else pass = this.openPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bg, offsets);
     pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
@@ -338,7 +349,9 @@ export class GpuContext {
       this.pass = null;
     }
     if (this.arenaUsed > 0) this.device.queue.writeBuffer(this.arena, 0, this.arenaHost, 0, this.arenaUsed);
+    const afterSubmit = this.encoder && this.profiler ? this.profiler.beforeSubmit(this.encoder) : null;
     if (this.encoder) this.device.queue.submit([this.encoder.finish()]);
+    afterSubmit?.();
     this.encoder = null;
     this.arenaUsed = 0;
     this.pending = 0;
@@ -383,10 +396,18 @@ export class GpuContext {
     this.takeErrors();
   }
 
+  /** GPU time per kernel since the last call (null unless profiling is on). */
+  async profileReport(): Promise<KernelTime[] | null> {
+    if (!this.profiler) return null;
+    this.flush();
+    return this.profiler.report();
+  }
+
   destroy(): void {
     if (this.destroyed) return;
     this.flush();
     this.destroyed = true;
+    this.profiler?.destroy();
     for (const l of [...this.pool.values(), ...this.staging.values()]) for (const b of l) b.destroy();
     this.pool.clear();
     this.staging.clear();

@@ -15,6 +15,7 @@ import { linearKernel } from './linear.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
 import { asWeightType } from './wgsl.js';
+import type { KernelTime } from './profile.js';
 
 export { webgpuAvailable } from './device.js';
 
@@ -241,6 +242,14 @@ export class WebGPUBackend implements Backend {
     await this.ctx.sync();
   }
 
+  /**
+   * GPU milliseconds per kernel (key = kernel and its specialisation, e.g. `gemv:1:BF16:true:null`) since the
+   * last call, largest first; null unless the backend was created with `profile`.
+   */
+  async profileReport(): Promise<KernelTime[] | null> {
+    return this.ctx.profileReport();
+  }
+
   /** Frees every GPU buffer and the device (tests, CLI exit). The backend is unusable afterwards. */
   destroy(): void {
     for (const t of this.ropeTables.values()) t.buffer.destroy();
@@ -250,11 +259,17 @@ export class WebGPUBackend implements Backend {
 }
 
 export interface WebGPUBackendOptions {
-  /** reserved: adapter selection is Dawn's default (high-performance) for now */
-  powerPreference?: 'high-performance' | 'low-power';
+  powerPreference?: GPUPowerPreference;
+  /**
+   * Time every kernel with timestamp queries (also GRAVITY_WEBGPU_PROFILE=1); read with profileReport().
+   * Each dispatch then gets its own pass, which costs a little time of its own.
+   */
+  profile?: boolean;
 }
 
-export async function createWebGPUBackend(_opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
-  const { device, adapterName, features } = await createDevice();
-  return new WebGPUBackend(new GpuContext(device), adapterName, features);
+export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
+  const envProfile = typeof process !== 'undefined' && process.env?.GRAVITY_WEBGPU_PROFILE === '1';
+  const profile = opts.profile ?? envProfile;
+  const { device, adapterName, features, timestamps } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference });
+  return new WebGPUBackend(new GpuContext(device, timestamps), adapterName, features);
 }
