@@ -1,7 +1,8 @@
 /**
  * The KV cache on the GPU: per layer k, v [B, Hkv, maxLen, D] f32 and squared key norms kn [B, Hkv, maxLen]
- * (gravity needs |k|² for every key and every query; computing it once at write time saves a pass over D).
- * The host keyValid mask is uploaded only when it differs from what was last uploaded.
+ * (the cache layout of backend.ts). The GPU attention does not read kn: it sums |q - k|² directly, which
+ * does not cancel in f32 the way |q|² + |k|² - 2 q·k does; kn costs one float per slot and keeps the layout
+ * the same as the cpu backend's. The host keyValid mask is uploaded only when it differs from the last upload.
  */
 import { GravityError } from '../../errors.js';
 import type { KVCache } from '../backend.js';
