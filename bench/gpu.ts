@@ -31,7 +31,8 @@ const log = (...a: unknown[]) => console.error(...a);
 
 /** read+write bandwidth of a plain vec4 copy kernel: the roofline's denominator */
 async function copyBandwidth(): Promise<number> {
-  const bytes = 1 << 30;
+  const unit = 16 * 256 * 4096; // one vec4 per thread, 256 threads a group, 4096 groups a row of the grid
+  const bytes = Math.max(unit, Math.floor(Math.min(1 << 30, be.ctx.maxBinding, be.ctx.maxBuffer) / unit) * unit);
   const mk = () => device.createBuffer({ size: bytes, usage: 0x80 /* STORAGE */ });
   const a = mk();
   const b = mk();
@@ -116,7 +117,8 @@ if (values.dir) {
     weightBytes += numel(info.shape) * DTYPE_BYTES[info.dtype];
   }
   files.weights.close();
-  const ids = (n: number, s: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + s * 104729) % 29000));
+  const V = model.config.vocabSize;
+  const ids = (n: number, s: number) => Array.from({ length: n }, (_, i) => (V > 30000 ? 1000 : 1) + ((i * 7919 + s * 104729) % Math.min(29000, V - 1)));
   for (const n of values.prefill!.split(',').map(Number)) {
     const run = async () => { const s = model.newSession(1, n); const t = performance.now(); await model.forward(s, [ids(n, n)]); return performance.now() - t; };
     await run();
