@@ -1,5 +1,6 @@
 /**
- * The command stream of the WebGPU backend: pipelines cached by source, buffers pooled by size, dispatches
+ * The command stream of the WebGPU backend: kernels cached by key (explicit layouts, bind groups cached by the
+ * buffers they bind, parameters at dynamic offsets), buffers pooled by size, dispatches
  * recorded into one open compute pass and submitted lazily (at a read, a sync, or every FLUSH_EVERY
  * dispatches), and small per-dispatch data (kernel parameters, token ids, positions) packed into one
  * "arena" buffer that is written once per submit.
@@ -22,6 +23,8 @@ const SLOT = 256; // min{Uniform,Storage}BufferOffsetAlignment on every adapter 
 const FLUSH_EVERY = 64;
 /** bind groups are cached by the buffers they bind; the cache is simply dropped when it grows past this */
 const MAX_BIND_GROUPS = 8192;
+/** free buffers kept for reuse, at most; past it released buffers are destroyed (prefills of many lengths) */
+const POOL_MAX_BYTES = 2 ** 31;
 
 export class GpuTensor implements Tensor {
   constructor(
@@ -102,6 +105,7 @@ export class GpuContext {
   private nextBufId = 0;
   private pool = new Map<number, GPUBuffer[]>();
   private staging = new Map<number, GPUBuffer[]>();
+  private poolBytes = 0;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private pending = 0;
@@ -214,11 +218,16 @@ export class GpuContext {
     const size = roundUp(Math.max(bytes, 4), SLOT);
     this.checkSize(size, what);
     const list = this.pool.get(size);
-    if (list && list.length) return list.pop()!;
+    if (list && list.length) {
+      this.poolBytes -= size;
+      return list.pop()!;
+    }
     return this.device.createBuffer({ size, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST });
   }
 
   release(buf: GPUBuffer): void {
+    if (this.poolBytes + buf.size > POOL_MAX_BYTES) return this.retire(buf);
+    this.poolBytes += buf.size;
     const list = this.pool.get(buf.size);
     if (list) list.push(buf);
     else this.pool.set(buf.size, [buf]);
