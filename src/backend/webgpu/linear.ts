@@ -7,8 +7,7 @@
  * N in {1, 2, 4, 8} (unrolled accumulators); other N use the next size up with uniform guards.
  *
  * GEMM (prefill): 64x64 output tiles (128x128 for big prefills), 16-deep K slices staged in workgroup memory,
- * 4x4 (8x8) outputs per thread taken with stride 16 so that workgroup-memory reads do not collide and stores
- * are coalesced.
+ * 4x4 (8x8) adjacent outputs per thread whose operands are read as vec4 from workgroup memory.
  */
 import { Params, type GpuContext } from './context.js';
 import { FLAT_WG, scalarLoad, vectorLoad, vecWidth, type WDType } from './wgsl.js';
@@ -95,7 +94,11 @@ const TK = 16;
 /** big prefills: 128x128 tiles with 8x8 outputs per thread, once there are this many tiles to fill the GPU */
 const BIG_TILE_MIN_GROUPS = 264;
 
-/** TM x TM output tile, 256 threads as 16 x 16, each computing (TM/16)² outputs strided by 16. */
+/**
+ * TM x TM output tile, 256 threads as 16 x 16, each computing an MT x MT block (MT = TM/16) of adjacent rows
+ * and columns, so that its operands come out of workgroup memory as vec4 loads: per k, MT/2 vector loads feed
+ * MT² FMAs (scalar loads would be 2 MT, which on NVIDIA saturates the shared-memory pipe before the FMA units).
+ */
 function gemmShader(dt: WDType, bias: WDType | null, TM: number): string {
   const MT = TM / 16; // outputs per thread along each axis
   const L = (TM * TK) / 256; // elements each thread loads per matrix per K slice
@@ -106,8 +109,8 @@ function gemmShader(dt: WDType, bias: WDType | null, TM: number): string {
 ${scalarLoad('w', 2, dt)}
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 4, bias) : ''}
-var<workgroup> As: array<f32, ${TK * TM}>;   // [k][row of x]
-var<workgroup> Bs: array<f32, ${TK * TM}>;   // [k][row of w]
+var<workgroup> As: array<vec4<f32>, ${(TK * TM) / 4}>;   // [k][row of x], 4 rows a vector
+var<workgroup> Bs: array<vec4<f32>, ${(TK * TM) / 4}>;   // [k][row of w]
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
   let o0 = wid.x * ${TM}u;
@@ -129,28 +132,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (xm < p.N) { av = x[xm * p.IN + k]; }
         if (wo < p.OUT) { bv = ld_w(wo * p.IN + k); }
       }
-      As[(lk + c) * ${TM}u + lr] = av;
-      Bs[(lk + c) * ${TM}u + lr] = bv;
+      let si = (lk + c) * ${TM}u + lr;
+      As[si / 4u][si % 4u] = av;
+      Bs[si / 4u][si % 4u] = bv;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${TK}u; kk++) {
-      var a: array<f32, ${MT}>;
-      var b: array<f32, ${MT}>;
-      for (var i = 0u; i < ${MT}u; i++) {
-        a[i] = As[kk * ${TM}u + ty + 16u * i];
-        b[i] = Bs[kk * ${TM}u + tx + 16u * i];
+      var a: array<vec4<f32>, ${MT / 4}>;
+      var b: array<vec4<f32>, ${MT / 4}>;
+      for (var q = 0u; q < ${MT / 4}u; q++) {
+        a[q] = As[kk * ${TM / 4}u + ty * ${MT / 4}u + q];
+        b[q] = Bs[kk * ${TM / 4}u + tx * ${MT / 4}u + q];
       }
       for (var i = 0u; i < ${MT}u; i++) {
-        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+        let ai = a[i / 4u][i % 4u];
+        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] = fma(ai, b[j / 4u][j % 4u], acc[i][j]); }
       }
     }
     workgroupBarrier();
   }
   for (var i = 0u; i < ${MT}u; i++) {
-    let m = m0 + ty + 16u * i;
+    let m = m0 + ty * ${MT}u + i;
     if (m >= p.N) { continue; }
     for (var j = 0u; j < ${MT}u; j++) {
-      let o = o0 + tx + 16u * j;
+      let o = o0 + tx * ${MT}u + j;
       if (o < p.OUT) { y[m * p.OUT + o] = acc[i][j]${bias ? ' + ld_bias(o)' : ''}; }
     }
   }
