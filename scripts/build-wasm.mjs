@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Compiles wasm/matmul.ts (AssemblyScript) and regenerates src/backend/cpu/wasm-binary.ts, the committed
+// Compiles wasm/matmul.ts and wasm/attention.ts (AssemblyScript, one module) and regenerates src/backend/cpu/wasm-binary.ts, the committed
 // base64 copy that tests and CI load without a compile step. Run after editing wasm/: node scripts/build-wasm.mjs
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
@@ -12,7 +12,7 @@ const tmp = mkdtempSync(join(tmpdir(), 'gravity-wasm-'));
 const out = join(tmp, 'matmul.wasm');
 const asc = join(root, 'node_modules', 'assemblyscript', 'bin', 'asc.js');
 execFileSync(process.execPath, [
-  asc, join(root, 'wasm', 'matmul.ts'),
+  asc, join(root, 'wasm', 'matmul.ts'), join(root, 'wasm', 'attention.ts'),
   '-O3', '--enable', 'simd,threads',
   // no GC, no abort strings: the module owns no memory of its own, it only reads what the host placed
   '--runtime', 'stub', '--noAssert', '--use', 'abort=',

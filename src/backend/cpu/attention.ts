@@ -12,6 +12,8 @@ export interface CpuKVLayer {
   k: Float32Array; // [B, Hkv, maxLen, D]
   v: Float32Array; // [B, Hkv, maxLen, D]
   kn: Float64Array; // [B, Hkv, maxLen]  squared key norms, f64: an f32 norm would cancel badly in |q|²+|k|²-2q·k
+  /** set when k and v are views into a WASM arena (./attention-wasm.ts): the arena and the block's byte offset */
+  wasm?: { arena: number; off: number };
 }
 
 /**

@@ -6,7 +6,8 @@ import type { AttentionParams, Backend, KVCache, Tensor } from '../backend.js';
 import { numel, toF32, type DType, type HostTensor } from '../../tensor/dtype.js';
 import { embeddingForward, rmsnormForward, ropeForward, ropeInvFreq, swigluForward } from './ops.js';
 import { attentionForward, attentionProbs, type CpuKVLayer } from './attention.js';
-import { createMatmulEngine, type MatmulEngine, type PreparedWeight } from './matmul.js';
+import { createMatmulEngine, kernelHost, type KernelHost, type MatmulEngine, type PreparedWeight } from './matmul.js';
+import { allocKVLayer, attentionForwardWasm, wasmAttentionFits } from './attention-wasm.js';
 
 export class CpuTensor implements Tensor {
   prepared: PreparedWeight | null = null;
@@ -22,16 +23,24 @@ export class CpuTensor implements Tensor {
   }
 }
 
+// a cache's blocks in the kernel arenas go back to the engine once the cache is unreachable
+const kvBlocks = new FinalizationRegistry<{ host: KernelHost; blocks: { arena: number; off: number }[] }>((r) => {
+  for (const b of r.blocks) r.host.freeShared(b.arena, b.off);
+});
+
 class CpuKVCache implements KVCache {
   length = 0;
   readonly keyValid: Uint8Array;
   readonly layers: CpuKVLayer[] = [];
-  constructor(readonly numLayers: number, readonly batch: number, readonly maxLen: number, readonly numKVHeads: number, readonly headDim: number) {
+  /** host: the WASM engine when attention runs in its kernels; k / v then live in its arenas (no copies per call) */
+  constructor(readonly numLayers: number, readonly batch: number, readonly maxLen: number, readonly numKVHeads: number, readonly headDim: number, host: KernelHost | null) {
     this.keyValid = new Uint8Array(batch * maxLen);
     const n = batch * numKVHeads * maxLen;
     for (let l = 0; l < numLayers; l++) {
-      this.layers.push({ k: new Float32Array(n * headDim), v: new Float32Array(n * headDim), kn: new Float64Array(n) });
+      if (host) this.layers.push(allocKVLayer(host, batch, numKVHeads, maxLen, headDim));
+      else this.layers.push({ k: new Float32Array(n * headDim), v: new Float32Array(n * headDim), kn: new Float64Array(n) });
     }
+    if (host) kvBlocks.register(this, { host, blocks: this.layers.map((l) => l.wasm!) });
   }
 }
 
@@ -45,8 +54,10 @@ function t(x: Tensor): CpuTensor {
 
 export interface CpuBackendOptions {
   threads?: number;
-  /** 'js' forces the plain JavaScript matmul (for tests and comparisons) */
+  /** 'js' forces the plain JavaScript matmul (for tests and comparisons); it also means JS attention */
   matmul?: 'wasm' | 'js';
+  /** 'js' forces the plain JavaScript attention with the WASM matmul (for tests and comparisons) */
+  attention?: 'wasm' | 'js';
 }
 
 export class CpuBackend implements Backend {
@@ -54,8 +65,12 @@ export class CpuBackend implements Backend {
   readonly engine: MatmulEngine;
   private invFreqCache = new Map<string, Float64Array>();
 
+  /** the engine's kernel memory and threads when attention runs in WASM, else null (plain JS attention) */
+  readonly attentionHost: KernelHost | null;
+
   constructor(opts: CpuBackendOptions = {}) {
     this.engine = createMatmulEngine({ threads: opts.threads, prefer: opts.matmul });
+    this.attentionHost = opts.attention === 'js' ? null : kernelHost(this.engine);
   }
 
   upload(h: HostTensor, hint: 'linear' | 'other' = 'other'): Tensor {
@@ -143,7 +158,8 @@ export class CpuBackend implements Backend {
   }
 
   createKVCache(numLayers: number, batch: number, maxLen: number, numKVHeads: number, headDim: number): KVCache {
-    return new CpuKVCache(numLayers, batch, maxLen, numKVHeads, headDim);
+    const host = this.attentionHost && wasmAttentionFits(headDim) ? this.attentionHost : null;
+    return new CpuKVCache(numLayers, batch, maxLen, numKVHeads, headDim, host);
   }
 
   writeKV(cache: KVCache, layer: number, k: Tensor, v: Tensor, start: number, T: number): void {
@@ -167,7 +183,9 @@ export class CpuBackend implements Backend {
   attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor {
     const c = cache as CpuKVCache;
     const out = new Float32Array(numel(q.shape)); // [B*T, Hq*D]
-    attentionForward(out, t(q).f32, c.layers[layer], c.keyValid, c.batch, T, start, c.maxLen, p);
+    const L = c.layers[layer];
+    if (L.wasm && this.attentionHost) attentionForwardWasm(this.attentionHost, out, t(q).f32, L, c.keyValid, c.batch, T, start, c.maxLen, p);
+    else attentionForward(out, t(q).f32, L, c.keyValid, c.batch, T, start, c.maxLen, p);
     return act(out, [...q.shape]);
   }
 

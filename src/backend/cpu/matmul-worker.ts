@@ -14,7 +14,7 @@ type WorkerThreads = typeof import('node:worker_threads');
 export const CTL = {
   GEN: 0, // bumped by the main thread for each job
   DONE: 1, // workers that finished the current job
-  OP: 2, // 0 forward, 1 backward, 2 weight gradient, -1 exit
+  OP: 2, // 0 forward, 1 backward, 2 weight gradient, 3 attention, -1 exit
   ARENA: 3,
   DT: 4,
   A: 5, // x (forward) or dy (backward)
@@ -84,7 +84,8 @@ for (;;) {
       const r1 = Math.min(r0 + chunk, total);
       if (op === 0) k.fwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.BIAS}], ctl[${CTL.Y}], r0, r1, tmp);
       else if (op === 1) k.bwd(ctl[${CTL.DT}], ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.OUT}], ctl[${CTL.Y}], r0, r1);
-      else k.dw(ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.OUT}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.Y}], r0, r1, ctl[${CTL.BIAS}]);
+      else if (op === 2) k.dw(ctl[${CTL.A}], ctl[${CTL.N}], ctl[${CTL.OUT}], ctl[${CTL.W}], ctl[${CTL.IN}], ctl[${CTL.Y}], r0, r1, ctl[${CTL.BIAS}]);
+      else k.attn(ctl[${CTL.A}], r0, r1, tmp); // op 3: attention tasks, the job descriptor at A (attention-wasm.ts)
       Atomics.add(ctl, ${CTL.WORKER_CHUNKS}, 1);
     }
   } catch (e) {

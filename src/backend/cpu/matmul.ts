@@ -102,7 +102,31 @@ const ARENA_MAX = ARENA_MAX_PAGES * PAGE;
 const HEAP_BASE = RESERVED + SCRATCH;
 const ALIGN = 64;
 
+/**
+ * Shared-memory services of the WASM engine for the other kernels compiled into its module (the attention
+ * kernels, ./attention-wasm.ts): blocks in the arenas (e.g. a KV cache the kernels read in place), each arena's
+ * scratch region, and the worker threads.
+ */
+export interface KernelHost {
+  readonly threads: number;
+  /** `bytes` in some arena, 64-byte aligned; the memory is not cleared */
+  allocShared(bytes: number): { arena: number; off: number };
+  freeShared(arena: number, off: number): void;
+  memory(arena: number): WebAssembly.Memory;
+  /** [scratchOff, scratchOff + scratchBytes) of every arena is free between calls (the matmuls reuse it) */
+  readonly scratchOff: number;
+  readonly scratchBytes: number;
+  /** attn(desc, r0, r1, tmp) over tasks [0, total) in chunks, on every thread when `parallel` */
+  runAttention(arena: number, desc: number, total: number, chunk: number, parallel: boolean): void;
+}
+
+/** The engine's KernelHost, or null for the plain-JS engine. */
+export function kernelHost(e: MatmulEngine): KernelHost | null {
+  return e instanceof WasmEngine ? e : null;
+}
+
 interface Kernels {
+  attn(desc: number, r0: number, r1: number, tmp: number): void;
   fwd(dt: number, x: number, N: number, w: number, IN: number, OUT: number, bias: number, y: number, o0: number, o1: number, tmp: number): void;
   bwd(dt: number, dy: number, N: number, w: number, IN: number, OUT: number, dx: number, i0: number, i1: number): void;
   dw(dy: number, N: number, OUT: number, x: number, IN: number, dW: number, o0: number, o1: number, acc: number): void;
@@ -177,7 +201,7 @@ function wasmModule(): WebAssembly.Module {
   return cachedModule;
 }
 
-class WasmEngine implements MatmulEngine {
+class WasmEngine implements MatmulEngine, KernelHost {
   readonly kind = 'wasm-simd' as const;
   private readonly arenas: Arena[] = [];
   private readonly pool: ThreadPool | null;
@@ -368,6 +392,41 @@ class WasmEngine implements MatmulEngine {
     });
   }
 
+  readonly scratchOff = RESERVED;
+  readonly scratchBytes = SCRATCH;
+
+  allocShared(bytes: number): { arena: number; off: number } {
+    if (bytes > ARENA_MAX - HEAP_BASE) fail(`cpu: a block of ${bytes} bytes is larger than one ${ARENA_MAX >> 30} GiB arena`);
+    for (const a of this.arenas) {
+      const off = a.alloc(bytes);
+      if (off >= 0) return { arena: a.id, off };
+    }
+    const a = new Arena(this.arenas.length, this.module);
+    this.arenas.push(a);
+    this.pool?.addArena(a.id, a.memory);
+    return { arena: a.id, off: a.alloc(bytes) };
+  }
+
+  freeShared(arena: number, off: number): void {
+    this.arenas[arena]?.free(off);
+  }
+
+  memory(arena: number): WebAssembly.Memory {
+    return arena === 0 ? this.scratchArena().memory : this.arenas[arena].memory;
+  }
+
+  runAttention(arena: number, desc: number, total: number, chunk: number, parallel: boolean): void {
+    const k = this.arenas[arena].k;
+    if (!this.pool || !parallel || total <= chunk) {
+      k.attn(desc, 0, total, tmpOf(0));
+      return;
+    }
+    this.ctl[CTL.OP] = 3;
+    this.ctl[CTL.ARENA] = arena;
+    this.ctl[CTL.A] = desc;
+    this.pool.run(total, chunk, (r0, r1) => k.attn(desc, r0, r1, tmpOf(0)));
+  }
+
   /** Chunks the worker threads have computed so far (not part of MatmulEngine: tests check the workers work). */
   workerChunks(): number {
     return this.pool ? Atomics.load(this.ctl, CTL.WORKER_CHUNKS) : 0;
@@ -549,8 +608,9 @@ function wasmUsable(): boolean {
 
 /** The fastest engine this host supports: WASM SIMD with worker threads, else single-thread WASM, else 'js'. */
 export function createMatmulEngine(opts: MatmulOptions = {}): MatmulEngine {
-  const want = opts.threads ?? Math.min(nodeOs?.availableParallelism?.() ?? 1, 8);
-  if (!Number.isInteger(want) || want < 1 || want > MAX_THREADS) fail(`matmul: threads must be an integer in [1, ${MAX_THREADS}], got ${opts.threads}`);
+  // GRAVITY_THREADS caps a process's threads when several share one host (parallel training runs)
+  const want = opts.threads ?? (Number(globalThis.process?.env?.GRAVITY_THREADS) || Math.min(nodeOs?.availableParallelism?.() ?? 1, 8));
+  if (!Number.isInteger(want) || want < 1 || want > MAX_THREADS) fail(`matmul: threads must be an integer in [1, ${MAX_THREADS}], got ${opts.threads ?? `GRAVITY_THREADS=${want}`}`);
   if (opts.prefer === 'js' || !wasmUsable()) return new JsEngine();
   return new WasmEngine(wasmModule(), want, opts.parallelThreshold ?? 100_000);
 }
