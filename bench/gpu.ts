@@ -20,11 +20,20 @@ const { values } = parseArgs({
     'attn-lens': { type: 'string', default: '1024,4096,16384' },
     decode: { type: 'string', default: '64' },
     skip: { type: 'string', default: '' },
+    profile: { type: 'boolean', default: false },
   },
 });
 const torch = values.torch && fs.existsSync(values.torch) ? JSON.parse(fs.readFileSync(values.torch, 'utf8')) : null;
 const skip = new Set(values.skip!.split(','));
-const be = (await createWebGPUBackend()) as WebGPUBackend;
+const be = (await createWebGPUBackend({ profile: values.profile })) as WebGPUBackend;
+/** per-kernel GPU time of what ran since the last call (only with --profile: timestamps slow every dispatch) */
+async function profile(what: string): Promise<void> {
+  const rep = await be.profileReport();
+  if (!rep) return;
+  const total = rep.reduce((a, k) => a + k.ms, 0);
+  log(`-- kernel time, ${what}: ${total.toFixed(2)} ms GPU in total`);
+  for (const k of rep.slice(0, 12)) log(`   ${k.kernel.padEnd(40)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(3).padStart(10)} ms`);
+}
 const device = be.ctx.device;
 const rows: string[][] = [];
 const log = (...a: unknown[]) => console.error(...a);
@@ -95,6 +104,7 @@ if (!skip.has('attn')) {
       for (let r = 0; r < reps; r++) be.dispose(be.attention(q, cache, 0, 0, n, p));
       await be.sync();
       res[kind] = (performance.now() - t) / reps;
+      await profile(`attention ${kind} ${n} x${reps + 1}`);
     }
     const pt = torch?.attn_ms?.[n] ?? null;
     rows.push([`attention fwd ${n} tok (ms)`, res.gravity.toFixed(3), res.dot.toFixed(3), pt === null ? 'n/a' : String(pt),
@@ -122,7 +132,9 @@ if (values.dir) {
   for (const n of values.prefill!.split(',').map(Number)) {
     const run = async () => { const s = model.newSession(1, n); const t = performance.now(); await model.forward(s, [ids(n, n)]); return performance.now() - t; };
     await run();
+    await profile('warm-up');
     const ms = Math.min(await run(), await run());
+    await profile(`prefill ${n} x2`);
     const pt = torch?.prefill_ms?.[n] ?? null;
     rows.push([`prefill ${n} tok (ms)`, ms.toFixed(1), '', pt === null ? 'n/a' : String(pt), pt === null ? '' : `${(pt / ms).toFixed(2)}x`]);
     log(rows[rows.length - 1].join(' | '));
@@ -136,6 +148,7 @@ if (values.dir) {
     const t = performance.now();
     for (let i = 0; i < nDec; i++) logits = await model.forward(s, [[argmax(logits)]]);
     const tps = nDec / ((performance.now() - t) / 1000);
+    await profile(`prefill 512 + decode ${nDec} (${kind})`);
     const pt = torch?.decode_tok_s ?? null;
     const roof = bw / weightBytes;
     rows.push([`decode after 512, ${kind} (tok/s)`, tps.toFixed(1), '', kind === 'gravity' && pt !== null ? String(pt) : '',
