@@ -2,14 +2,14 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { fail } from '../errors.js';
 import { parseConfig } from '../io/config.js';
-import { PRESETS, writeRandomCheckpoint, type RandomDType } from '../io/random.js';
+import { PRESETS, writeRandomCheckpoint, type RandomDType, type RandomInit } from '../io/random.js';
 import type { ModelConfig } from '../model/config.js';
 import { numel } from '../tensor/dtype.js';
 import { expectedWeightShapes } from '../io/checkpoint.js';
 import { flag, int, parseCommand, required, str } from './args.js';
 import { progress } from './progress.js';
 
-export const usage = `usage: gravity init-random --config PRESET|FILE.json --out DIR [--seed S] [--dtype bf16|f32|f16]
+export const usage = `usage: gravity init-random --config PRESET|FILE.json --out DIR [--seed S] [--dtype bf16|f32|f16] [--init test|train]
 
 Writes a complete model folder with seeded random weights and gravity masses (same seed, same files).
 
@@ -17,6 +17,9 @@ Writes a complete model folder with seeded random weights and gravity masses (sa
   --out DIR              folder to write (created; must be empty unless --force)
   --seed S               random seed (default 0)
   --dtype bf16|f32|f16   stored weight dtype (default bf16)
+  --init test|train      test (default): varied norms/biases, embedding std 1, for exercising the engine;
+                         train: a start for training (GPT-2-like std 0.02, norms 1, biases 0, q/k with
+                         ‖q − k‖² ≈ 1, masses raw 0.5): a tied head starts near ln(vocab)
   --force                write into a non-empty folder
 `;
 
@@ -25,6 +28,7 @@ const OPTIONS = {
   out: { type: 'string', short: 'o' },
   seed: { type: 'string' },
   dtype: { type: 'string' },
+  init: { type: 'string' },
   force: { type: 'boolean' },
 } as const;
 
@@ -51,6 +55,8 @@ export async function run(argv: string[]): Promise<number> {
   const dtypeName = (str(v, 'dtype') ?? 'bf16').toLowerCase();
   const dtype = DTYPES[dtypeName];
   if (!dtype) fail(`--dtype '${dtypeName}': expected bf16, f32 or f16`);
+  const init = str(v, 'init') ?? 'test';
+  if (init !== 'test' && init !== 'train') fail(`--init '${init}': expected test or train`);
   if (existsSync(out) && readdirSync(out).length > 0 && !flag(v, 'force')) {
     fail(`${out}: folder is not empty (pass --force to write into it)`);
   }
@@ -59,10 +65,10 @@ export async function run(argv: string[]): Promise<number> {
   const bar = progress(`writing ${out}`);
   let shards: string[];
   try {
-    shards = writeRandomCheckpoint(out, cfg, { seed, dtype, onProgress: (d, t, name) => bar.update(d, t, name) });
+    shards = writeRandomCheckpoint(out, cfg, { seed, dtype, init: init as RandomInit, onProgress: (d, t, name) => bar.update(d, t, name) });
   } finally {
     bar.done();
   }
-  process.stdout.write(`${out}: ${cfg.architecture}, ${params.toLocaleString('en-US')} parameters (${dtype}), seed ${seed}, ${shards.length} weight file(s)\n`);
+  process.stdout.write(`${out}: ${cfg.architecture}, ${params.toLocaleString('en-US')} parameters (${dtype}), seed ${seed}, init ${init}, ${shards.length} weight file(s)\n`);
   return 0;
 }

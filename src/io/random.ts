@@ -39,6 +39,23 @@ export const PRESETS: Record<string, ModelConfig> = {
     numKVHeads: 2,
     headDim: 64,
   },
+  // the bundled default model's shape: 6 layers, GQA 6/2, head_dim 32, ~2.5M parameters, the 512-token
+  // arithmetic tokenizer of models/gravity-mini (510 tokens padded to 512); <|im_end|> (507) ends a turn
+  'gravity-mini': {
+    ...qwen25,
+    vocabSize: 512,
+    hiddenSize: 192,
+    intermediateSize: 512,
+    numLayers: 6,
+    numHeads: 6,
+    numKVHeads: 2,
+    headDim: 32,
+    ropeTheta: 10000,
+    maxPositionEmbeddings: 512,
+    bosTokenId: 505,
+    eosTokenIds: [507, 505],
+    dtype: 'float32',
+  },
   'qwen2.5-3b': {
     ...qwen25,
     eosTokenIds: [151643],
@@ -118,8 +135,27 @@ function randomTensor(spec: TensorSpec, seed: number, mean: number, std: number)
   return { dtype: spec.dtype, shape: spec.shape.slice(), data };
 }
 
+/**
+ * 'test': fixture-like values (norms and biases visibly non-trivial, embedding std 1) that exercise every code path.
+ * 'train': a start to train from: GPT-2-like (embedding and linears std 0.02, the residual projections o_proj and
+ * down_proj scaled by 1/√(2·layers), norms 1, biases 0), with q/k such that ‖q − k‖² ≈ 1 so gravity scores
+ * M²/(‖q − k‖² + ε) start O(1) and not saturated; a tied head then starts near ln(vocab) (embedding std 1 gave ~125).
+ */
+export type RandomInit = 'test' | 'train';
+
+/** (mean, std) per tensor of a training start (see RandomInit). */
+function trainInitOf(name: string, cfg: ModelConfig): [number, number] {
+  if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') return [1, 0];
+  if (name.endsWith('.bias')) return [0, 0];
+  // normed input has ~unit entries: q has per-entry variance C·σ², ‖q − k‖² ≈ 2·d·C·σ², so σ = 1/√(2dC) gives ≈ 1
+  if (name.endsWith('q_proj.weight') || name.endsWith('k_proj.weight')) return [0, 1 / Math.sqrt(2 * cfg.headDim * cfg.hiddenSize)];
+  if (name.endsWith('o_proj.weight') || name.endsWith('down_proj.weight')) return [0, 0.02 / Math.sqrt(2 * cfg.numLayers)];
+  return [0, 0.02];
+}
+
 /** (mean, std) per tensor: fixture-like init, with q/k scaled so ‖q − k‖² is about 1 at any width. */
-function initOf(name: string, shape: number[], cfg: ModelConfig): [number, number] {
+function initOf(name: string, shape: number[], cfg: ModelConfig, init: RandomInit = 'test'): [number, number] {
+  if (init === 'train') return trainInitOf(name, cfg);
   if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') return [1, 0.2];
   if (name.endsWith('.bias')) return [0, 0.05];
   if (name === 'model.embed_tokens.weight') return [0, 1];
@@ -140,9 +176,11 @@ function writeJson(file: string, obj: unknown): void {
 export function writeRandomCheckpoint(
   dir: string,
   cfg: ModelConfig,
-  opts: { seed: number; dtype: RandomDType; maxShardBytes?: number; onProgress?: (done: number, total: number, name: string) => void },
+  opts: { seed: number; dtype: RandomDType; init?: RandomInit; maxShardBytes?: number; onProgress?: (done: number, total: number, name: string) => void },
 ): string[] {
   if (!(opts.dtype in TORCH_DTYPE)) fail(`init-random: dtype ${JSON.stringify(opts.dtype)} is not one of BF16, F32, F16`);
+  const init = opts.init ?? 'test';
+  if (init !== 'test' && init !== 'train') fail(`init-random: init ${JSON.stringify(init)} is not one of test, train`);
   fs.mkdirSync(dir, { recursive: true });
   const conf = { ...cfg, dtype: TORCH_DTYPE[opts.dtype] };
   writeJson(path.join(dir, 'config.json'), { ...configToJson(conf), transformers_version: '5.0.0' });
@@ -168,7 +206,7 @@ export function writeRandomCheckpoint(
   shards.push(cur);
   let done = 0;
   const produce = (s: TensorSpec): HostTensor => {
-    const [mean, std] = initOf(s.name, s.shape, cfg);
+    const [mean, std] = initOf(s.name, s.shape, cfg, init);
     const t = randomTensor(s, opts.seed, mean, std);
     opts.onProgress?.(++done, specs.length, s.name);
     return t;
@@ -198,7 +236,8 @@ export function writeRandomCheckpoint(
   const masses: Float32Array[] = [];
   for (let i = 0; i < cfg.numLayers; i++) {
     const v = new Float32Array(cfg.numHeads);
-    for (let h = 0; h < cfg.numHeads; h++) v[h] = -0.5 + 2.5 * rng.next();
+    // train: the card's raw 0.5 everywhere (training runs usually replace it with --mass-init anyway)
+    for (let h = 0; h < cfg.numHeads; h++) v[h] = init === 'train' ? 0.5 : -0.5 + 2.5 * rng.next();
     masses.push(v);
   }
   saveMasses(dir, masses);
