@@ -35,13 +35,16 @@ function pow2Divisor(D: number, cap: number): number {
   return t;
 }
 
+/** Qs and KVs rows are D/4 vec4 plus one vec4 of padding, which keeps consecutive rows in different banks */
 function sharedBytes(c: Cfg): number {
   const R = c.G * c.TQ;
-  return 4 * (R * (c.D + 1) + c.BK * (c.D + 1) + R * c.BK + c.BK);
+  const DP4 = c.D / 4 + 1;
+  return 16 * (R * DP4 + c.BK * DP4) + 4 * (R * c.BK + c.BK);
 }
 
 function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg {
-  let TPR = pow2Divisor(D, decode ? 32 : 4);
+  // each of a row's TPR threads owns D/4/TPR of its vec4 output columns
+  let TPR = pow2Divisor(D / 4, decode ? 32 : 4);
   while (G * TPR > 256 && TPR > 1) TPR /= 2;
   if (G * TPR > 256) throw new GravityError(`attention: ${G} query heads per kv head is more than this backend supports (256)`);
   for (let TQ = decode ? 1 : Math.max(1, Math.floor(32 / G)); TQ >= 1; TQ = Math.floor(TQ / 2)) {
@@ -60,43 +63,51 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean): string {
   const pure = kind === 'gravity-pure';
   const R = c.G * c.TQ;
   const NT = R * c.TPR;
-  // gravity takes |q - k|² directly: |q|² + |k|² - 2 q·k cancels badly in f32 when q is near k, and near
-  // k is exactly where the score (up to M²/eps) is largest
   const SB = Math.ceil(c.BK / c.TPR); // keys scored per thread per tile
   const partial = SB * c.TPR > c.BK; // some threads' last key is past the tile: clamp their reads
   const kidx = partial ? `min(part + TPR * c, BK - 1u)` : `(part + TPR * c)`;
+  // gravity takes |q - k|² directly: |q|² + |k|² - 2 q·k cancels badly in f32 when q is near k, and near
+  // k is exactly where the score (up to M²/eps) is largest
   const inner = gravity
-    ? `let df = qv - KVs[${kidx} * DP + d]; dts[c] = fma(df, df, dts[c]);`
-    : `dts[c] = fma(qv, KVs[${kidx} * DP + d], dts[c]);`;
+    ? `let df = qv - KVs[${kidx} * DP4 + d4]; dts[c] += dot(df, df);`
+    : `dts[c] += dot(qv, KVs[${kidx} * DP4 + d4]);`;
   const score = gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
   const store = split
     ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
-    for (var i = 0u; i < DPT; i++) { out[base + part + TPR * i] = o[i]; }
+    for (var i = 0u; i < DPT4; i++) {
+      let d = (part + TPR * i) * 4u;
+      out[base + d] = o[i].x; out[base + d + 1u] = o[i].y; out[base + d + 2u] = o[i].z; out[base + d + 3u] = o[i].w;
+    }
     if (part == 0u) { out[base + D] = m; out[base + D + 1u] = l; }`
     : `let inv = select(0.0, 1.0 / l, l > 0.0);
     let base = ((b * p.T + t) * p.Hq + h) * D;
-    for (var i = 0u; i < DPT; i++) { out[base + part + TPR * i] = o[i] * inv; }`;
+    for (var i = 0u; i < DPT4; i++) {
+      let d = (part + TPR * i) * 4u;
+      let v = o[i] * inv;
+      out[base + d] = v.x; out[base + d + 1u] = v.y; out[base + d + 2u] = v.z; out[base + d + 3u] = v.w;
+    }`;
   return `struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> valid: array<u32>;
 @group(0) @binding(5) var<storage, read> mass: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 const D = ${c.D}u;
+const D4 = ${c.D / 4}u;
+const DP4 = ${c.D / 4 + 1}u;   // row stride of Qs and KVs in vec4: one vec4 of padding
 const G = ${c.G}u;
 const TQ = ${c.TQ}u;
 const R = ${R}u;
 const TPR = ${c.TPR}u;
 const NT = ${NT}u;
 const BK = ${c.BK}u;
-const DPT = ${c.D / c.TPR}u;
-const MASKED = -3.0e38;
-const DP = ${c.D + 1}u;   // row stride of Qs and KVs: one float of padding keeps the rows in different banks
 const SB = ${SB}u;
-var<workgroup> Qs: array<f32, ${R * (c.D + 1)}>;
-var<workgroup> KVs: array<f32, ${c.BK * (c.D + 1)}>;
+const DPT4 = ${c.D / 4 / c.TPR}u;  // vec4 output columns per thread
+const MASKED = -3.0e38;
+var<workgroup> Qs: array<vec4<f32>, ${R * (c.D / 4 + 1)}>;
+var<workgroup> KVs: array<vec4<f32>, ${c.BK * (c.D / 4 + 1)}>;
 var<workgroup> Ss: array<f32, ${R * c.BK}>;
 var<workgroup> oks: array<u32, BK>;
 @compute @workgroup_size(${NT})
@@ -106,14 +117,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let bh = wid.z;                 // b * Hkv + kvh
   let b = bh / p.Hkv;
   let kvh = bh % p.Hkv;
-  let HD = p.Hq * D;
   // rows are (query t0 + r / G, head kvh * G + r % G)
-  for (var e = lid; e < R * D; e += NT) {
-    let r = e / D;
+  for (var e = lid; e < R * D4; e += NT) {
+    let r = e / D4;
     let t = t0 + r / G;
-    var v = 0.0;
-    if (t < p.T) { v = q[(b * p.T + t) * HD + (kvh * G + r % G) * D + e % D]; }
-    Qs[r * DP + e % D] = v;
+    var v = vec4<f32>();
+    if (t < p.T) { v = q[((b * p.T + t) * p.Hq + kvh * G + r % G) * D4 + e % D4]; }
+    Qs[r * DP4 + e % D4] = v;
   }
   workgroupBarrier();
   let r = lid / TPR;
@@ -125,13 +135,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let k1 = min(kEnd, k0 + p.kps);
   var m = ${pure ? '0.0' : '-1.0e30'};   // gravity-pure has no max: its weights are the scores, s / sum(s)
   var l = 0.0;
-  var o: array<f32, DPT>;
+  var o: array<vec4<f32>, DPT4>;
   for (var kb = k0; kb < k1; kb += BK) {
-    for (var e = lid; e < BK * D; e += NT) {
-      let slot = kb + e / D;
-      var v = 0.0;
-      if (slot < k1) { v = kc[(bh * p.maxLen + slot) * D + e % D]; }
-      KVs[(e / D) * DP + e % D] = v;
+    for (var e = lid; e < BK * D4; e += NT) {
+      let slot = kb + e / D4;
+      var v = vec4<f32>();
+      if (slot < k1) { v = kc[(bh * p.maxLen + slot) * D4 + e % D4]; }
+      KVs[(e / D4) * DP4 + e % D4] = v;
     }
     for (var j = lid; j < BK; j += NT) {
       let slot = kb + j;
@@ -140,11 +150,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       oks[j] = ok;
     }
     workgroupBarrier();
-    // scores of this thread's row r for keys part + TPR * c: the q value is read once per d for all SB keys
+    // scores of this thread's row r for keys part + TPR * c: each q vec4 is read once for all SB keys
     {
       var dts = array<f32, SB>();   // explicit: some compilers keep a loop-scoped var across iterations
-      for (var d = 0u; d < D; d++) {
-        let qv = Qs[r * DP + d];
+      for (var d4 = 0u; d4 < D4; d4++) {
+        let qv = Qs[r * DP4 + d4];
         for (var c = 0u; c < SB; c++) { ${inner} }
       }
       for (var c = 0u; c < SB; c++) {
@@ -162,12 +172,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let alpha = exp(m - mt);
     m = mt;
     l *= alpha;
-    for (var i = 0u; i < DPT; i++) { o[i] *= alpha; }`}
-    for (var e = lid; e < BK * D; e += NT) {
-      let slot = kb + e / D;
-      var v = 0.0;
-      if (slot < k1) { v = vc[(bh * p.maxLen + slot) * D + e % D]; }
-      KVs[(e / D) * DP + e % D] = v;
+    for (var i = 0u; i < DPT4; i++) { o[i] *= alpha; }`}
+    for (var e = lid; e < BK * D4; e += NT) {
+      let slot = kb + e / D4;
+      var v = vec4<f32>();
+      if (slot < k1) { v = vc[(bh * p.maxLen + slot) * D4 + e % D4]; }
+      KVs[(e / D4) * DP4 + e % D4] = v;
     }
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
@@ -175,7 +185,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (s > -1.0e38) {
         let pj = ${pure ? 's' : 'exp(s - m)'};
         l += pj;
-        for (var i = 0u; i < DPT; i++) { o[i] = fma(pj, KVs[j * DP + part + TPR * i], o[i]); }
+        for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), KVs[j * DP4 + part + TPR * i], o[i]); }
       }
     }
     workgroupBarrier();
@@ -227,6 +237,7 @@ export function attentionKernel(
   if (start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
   const gravity = p.kind !== 'dot';
   if (gravity && (!p.massSq || p.massSq.length !== Hq)) throw new GravityError(`attention: gravity needs massSq of length ${Hq}`);
+  if (D % 4 !== 0) throw new GravityError(`attention: head dim ${D} is not a multiple of 4 (the webgpu kernels read vec4)`);
   const G = Hq / Hkv;
   const B = c.batch;
   const L = c.layers[layer];
