@@ -52,8 +52,11 @@ def main():
     ap.add_argument("--preset", default="qwen2.5-3b")
     ap.add_argument("--prefill", default="512,2048,8192")
     ap.add_argument("--attn-lens", default="1024,4096,16384")
+    ap.add_argument("--make-only", action="store_true", help="write the checkpoint and stop")
     a = ap.parse_args()
     make_checkpoint(a.dir, a.preset)
+    if a.make_only:
+        return
     from transformers import AutoModelForCausalLM
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     import transformers
