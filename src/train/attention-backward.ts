@@ -12,7 +12,14 @@
  *   dS_ij = (dP_ij − D_i) / S_i. Σ_j P_ij(dP_ij − D_i) = 0 makes the mass gradient exactly 0 (M² cancels).
  */
 import type { TrainAttentionParams } from '../backend/train-ops.js';
+import type { KernelHost } from '../backend/cpu/matmul.js';
+import { attentionBackwardWasm, attentionForwardTrainWasm, wasmAttentionFits } from '../backend/cpu/attention-wasm.js';
 import type { Arr } from './ops-backward.js';
+
+/** f32 arrays with a WASM engine go to the SIMD kernels (../backend/cpu/attention-wasm.ts); f64 stays here */
+function useWasm(host: KernelHost | null | undefined, p: TrainAttentionParams, arrs: Arr[]): host is KernelHost {
+  return !!host && wasmAttentionFits(p.headDim) && arrs.every((a) => a instanceof Float32Array);
+}
 
 function softplus(x: number): number {
   return x > 20 ? x : Math.log1p(Math.exp(x));
@@ -22,8 +29,13 @@ function dSoftplus(x: number): number {
   return x > 20 ? 1 : 1 / (1 + Math.exp(-x));
 }
 
-/** out [B*T, Hq*D], lse [B*T, Hq] */
-export function attentionForwardTrain(out: Arr, lse: Arr, q: Arr, k: Arr, v: Arr, B: number, T: number, p: TrainAttentionParams): void {
+/** out [B*T, Hq*D], lse [B*T, Hq]; `host`: the WASM engine for f32 arrays (else plain loops) */
+export function attentionForwardTrain(
+  out: Arr, lse: Arr, q: Arr, k: Arr, v: Arr, B: number, T: number, p: TrainAttentionParams, host?: KernelHost | null,
+): void {
+  if (useWasm(host, p, [out, lse, q, k, v])) {
+    if (attentionForwardTrainWasm(host, out as Float32Array, lse as Float32Array, q as Float32Array, k as Float32Array, v as Float32Array, B, T, p)) return;
+  }
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const group = Hq / Hkv;
   const pure = p.kind === 'gravity-pure';
@@ -82,8 +94,12 @@ function keyNorms(k: Arr, rows: number, D: number): Float64Array {
 /** dq [B*T, Hq*D], dk / dv [B*T, Hkv*D] (overwritten); dMassLog [Hq] (overwritten) for gravity. */
 export function attentionBackward(
   dq: Arr, dk: Arr, dv: Arr, dMassLog: Arr | null,
-  dout: Arr, q: Arr, k: Arr, v: Arr, out: Arr, lse: Arr, B: number, T: number, p: TrainAttentionParams,
+  dout: Arr, q: Arr, k: Arr, v: Arr, out: Arr, lse: Arr, B: number, T: number, p: TrainAttentionParams, host?: KernelHost | null,
 ): void {
+  if (useWasm(host, p, [dq, dk, dv, dout, q, k, v, out, lse])) {
+    const f = (a: Arr) => a as Float32Array;
+    if (attentionBackwardWasm(host, f(dq), f(dk), f(dv), dMassLog, f(dout), f(q), f(k), f(v), f(out), f(lse), B, T, p)) return;
+  }
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const group = Hq / Hkv;
   const pure = p.kind === 'gravity-pure';

@@ -244,7 +244,7 @@ export class CpuTrainOps implements TrainOps {
     checkAttention(q, k, v, B, T, p);
     const out = this.alloc([...q.shape]);
     const lse = this.alloc([B * T, p.numHeads]);
-    attentionForwardTrain(out, lse, this.a(q), this.a(k), this.a(v), B, T, p);
+    attentionForwardTrain(out, lse, this.a(q), this.a(k), this.a(v), B, T, p, this.backend.attentionHost);
     return { out: this.make(out, [...q.shape]), lse: this.make(lse, [B * T, p.numHeads]) };
   }
 
@@ -256,7 +256,7 @@ export class CpuTrainOps implements TrainOps {
     const dk = this.alloc([...k.shape]);
     const dv = this.alloc([...v.shape]);
     const dm = p.kind !== 'dot' ? this.alloc([p.numHeads]) : null;
-    attentionBackward(dq, dk, dv, dm, this.a(dout), this.a(q), this.a(k), this.a(v), this.a(out), this.a(lse), B, T, p);
+    attentionBackward(dq, dk, dv, dm, this.a(dout), this.a(q), this.a(k), this.a(v), this.a(out), this.a(lse), B, T, p, this.backend.attentionHost);
     return {
       dq: this.make(dq, [...q.shape]),
       dk: this.make(dk, [...k.shape]),
