@@ -280,7 +280,9 @@ export function attentionBackwardWasm(
   }
   if (dMassLog) {
     for (let h = 0; h < Hq; h++) {
-      if (p.kind === 'dot') {
+      // gravity-pure: P = M²u / Σ M²u does not depend on M, so the gradient is exactly 0; the f32 sum of
+      // dS·u only approximates that 0 (~1e-7 of the gradient norm), so the exact value is written
+      if (p.kind !== 'gravity') {
         dMassLog[h] = 0;
         continue;
       }
