@@ -108,7 +108,7 @@ if (!skip.has('attn')) {
     }
     const pt = torch?.attn_ms?.[n] ?? null;
     rows.push([`attention fwd ${n} tok (ms)`, res.gravity.toFixed(3), res.dot.toFixed(3), pt === null ? 'n/a' : String(pt),
-      pt === null ? '' : `${(pt / res.gravity).toFixed(2)}x faster; gravity/dot time ${(res.gravity / res.dot).toFixed(2)}`]);
+      pt === null ? '' : `${(pt / res.gravity).toFixed(2)}× PyTorch speed; gravity/dot time ${(res.gravity / res.dot).toFixed(2)}`]);
     log(rows[rows.length - 1].join(' | '));
     for (const t of [q, k, v]) be.dispose(t);
     (be as any).dispose(cache);
@@ -136,7 +136,7 @@ if (values.dir) {
     const ms = Math.min(await run(), await run());
     await profile(`prefill ${n} x2`);
     const pt = torch?.prefill_ms?.[n] ?? null;
-    rows.push([`prefill ${n} tok (ms)`, ms.toFixed(1), '', pt === null ? 'n/a' : String(pt), pt === null ? '' : `${(pt / ms).toFixed(2)}x`]);
+    rows.push([`prefill ${n} tok (ms)`, ms.toFixed(1), '', pt === null ? 'n/a' : String(pt), pt === null ? '' : `${(pt / ms).toFixed(2)}× PyTorch speed`]);
     log(rows[rows.length - 1].join(' | '));
   }
   const nDec = Number(values.decode);
@@ -152,7 +152,7 @@ if (values.dir) {
     const pt = torch?.decode_tok_s ?? null;
     const roof = bw / weightBytes;
     rows.push([`decode after 512, ${kind} (tok/s)`, tps.toFixed(1), '', kind === 'gravity' && pt !== null ? String(pt) : '',
-      `${kind === 'gravity' && pt !== null ? `${(tps / pt).toFixed(2)}x; ` : ''}${((100 * tps) / roof).toFixed(0)}% of roofline (${roof.toFixed(0)} tok/s at ${(bw / 1e12).toFixed(2)} TB/s, ${(weightBytes / 2 ** 30).toFixed(2)} GiB/token)`]);
+      `${kind === 'gravity' && pt !== null ? `${(tps / pt).toFixed(2)}× PyTorch; ` : ''}${((100 * tps) / roof).toFixed(0)}% of roofline (${roof.toFixed(0)} tok/s at ${(bw / 1e12).toFixed(2)} TB/s, ${(weightBytes / 2 ** 30).toFixed(2)} GiB/token)`]);
     log(rows[rows.length - 1].join(' | '));
   }
 }
