@@ -48,12 +48,13 @@ export function allocKVLayer(host: KernelHost, B: number, Hkv: number, maxLen: n
   const n = B * Hkv * maxLen * D;
   const kBytes = up(n * 4);
   const { arena, off } = host.allocShared(2 * kBytes || ALIGN);
-  const buf = host.memory(arena).buffer;
+  const memory = host.memory(arena);
+  const buf = memory.buffer;
   const k = new Float32Array(buf, off, n);
   const v = new Float32Array(buf, off + kBytes, n);
   k.fill(0);
   v.fill(0);
-  return { k, v, kn: new Float64Array(B * Hkv * maxLen), wasm: { arena, off } };
+  return { k, v, kn: new Float64Array(B * Hkv * maxLen), wasm: { memory, arena, off } };
 }
 
 /** The same checks as the JS path's callers rely on; D a multiple of 4 (the kernels' vector width). */
@@ -81,6 +82,7 @@ export function attentionForwardWasm(
 ): void {
   const w = layer.wasm;
   if (!w) throw new Error('attention-wasm: the KV layer is not in kernel memory');
+  if (host.memory(w.arena) !== w.memory) throw new Error('attention-wasm: the KV layer belongs to another engine');
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   const buf = host.memory(w.arena).buffer;
   const i32 = new Int32Array(buf);

@@ -13,7 +13,7 @@ export interface CpuKVLayer {
   v: Float32Array; // [B, Hkv, maxLen, D]
   kn: Float64Array; // [B, Hkv, maxLen]  squared key norms, f64: an f32 norm would cancel badly in |q|²+|k|²-2q·k
   /** set when k and v are views into a WASM arena (./attention-wasm.ts): the arena and the block's byte offset */
-  wasm?: { arena: number; off: number };
+  wasm?: { memory: WebAssembly.Memory; arena: number; off: number };
 }
 
 /**
