@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCpuBackend, type CpuBackend } from '../src/backend/cpu/index.js';
 import { attentionForward, type CpuKVLayer } from '../src/backend/cpu/attention.js';
-import { attentionForwardWasm } from '../src/backend/cpu/attention-wasm.js';
+import { attentionForwardWasm, flashDecoding } from '../src/backend/cpu/attention-wasm.js';
 import type { KernelHost } from '../src/backend/cpu/matmul.js';
 import type { AttentionKind, AttentionParams, KVCache } from '../src/backend/backend.js';
 import type { TrainAttentionParams } from '../src/backend/train-ops.js';
@@ -178,6 +178,47 @@ test('inference: lse and the chunked path (small scratch: one sequence and 5 que
     const finite = (a: Float32Array) => Array.from(a, (x) => (Number.isFinite(x) ? x : -1e9));
     assert.ok(maxErr(finite(wl), finite(jl)) < 2e-6 * Math.max(1, maxAbs(jl.filter(Number.isFinite))), `${kind} lse ${maxErr(finite(wl), finite(jl))}`);
   }
+});
+
+test('flash-decoding (2 threads, keys split into blocks, partials combined): = JS = f64, lse too, padding', async () => {
+  const be = backend(2);
+  await workersUp(be);
+  const e = be.engine as unknown as { workerChunks(): number };
+  const before = e.workerChunks();
+  const saved = { ...flashDecoding };
+  try {
+    for (const [minKeys, minBlockKeys] of [[256, 128], [8, 4]]) {
+      flashDecoding.minKeys = minKeys;
+      flashDecoding.minBlockKeys = minBlockKeys;
+      for (const s of [{ B: 1, Hq: 14, Hkv: 2, D: 64 }, { B: 1, Hq: 8, Hkv: 1, D: 128 }]) {
+        for (const [kind, big] of [['gravity', false], ['gravity', true], ['dot', false], ['gravity-pure', false]] as const) {
+          const p = params(kind, s, big);
+          const maxLen = 331;
+          const cache = be.createKVCache(1, s.B, maxLen, s.Hkv, s.D);
+          const L = (cache as unknown as { layers: CpuKVLayer[] }).layers[0];
+          cache.keyValid.fill(1);
+          cache.keyValid.fill(0, (s.B - 1) * maxLen, (s.B - 1) * maxLen + 9); // left padding
+          fillCache(be, cache, s, 327, 0, 21);
+          for (const [T, start] of [[1, 326], [2, 327], [1, 329]]) {
+            if (start > 327) fillCache(be, cache, s, start - 327, 327, 22);
+            if (start === 327) fillCache(be, cache, s, 2, 327, 23);
+            const q = rand(s.B * T * s.Hq * s.D, 31 + start, 1.5);
+            const w = new Float32Array(q.length), j = new Float32Array(q.length);
+            const wl = new Float32Array(s.B * T * s.Hq), jl = new Float32Array(s.B * T * s.Hq);
+            attentionForwardWasm(be.attentionHost!, w, q, L, cache.keyValid, s.B, T, start, maxLen, p, wl);
+            attentionForward(j, q, L, cache.keyValid, s.B, T, start, maxLen, p, jl);
+            const ref = reference(q, L, cache.keyValid, s.B, T, start, maxLen, p);
+            const what = `${kind}${big ? ' big' : ''} [${s.B},${s.Hq}/${s.Hkv}] T ${T} at ${start}, blocks >= ${minBlockKeys}`;
+            assert.ok(maxErr(w, ref) < 2e-6 * Math.max(1, maxAbs(ref)), `${what}: ${maxErr(w, ref)}`);
+            assert.ok(maxErr(wl, jl) < 2e-6 * Math.max(1, maxAbs(jl)), `${what} lse: ${maxErr(wl, jl)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    Object.assign(flashDecoding, saved);
+  }
+  assert.ok(e.workerChunks() > before, 'no key block ran on a worker');
 });
 
 // ---------------------------------------------------------------------------------------------------------

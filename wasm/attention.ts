@@ -38,6 +38,9 @@ const DK = 24;
 const DV = 25;
 const DM = 26; // f64 [B, HQ]: ∂L/∂(M²) partial sums (accumulated)
 const BOFF = 27; // sequence index of this call's b = 0 in the K / V / mask rows
+const NSPLIT = 28; // forward: key blocks per query block (flash-decoding), 1 = none
+const SPLITLEN = 29; // keys per block, a multiple of 4
+const PART = 30; // f32 partials [B*TQ*HQ, NSPLIT, 4 + D]: max, sum, 0, 0, unnormalised acc (NSPLIT > 1)
 
 // fixed max M²/ε only while exp(s − M²/ε) >= exp(-64) stays a normal f32 (the sum never underflows)
 const FIXED_MAX_LIMIT: f32 = 64;
@@ -129,7 +132,7 @@ const FIXED_MAX_LIMIT: f32 = 64;
   return base + <usize>(j <= last ? j : last) * rs;
 }
 
-function forwardTask(desc: usize, b: i32, kvh: i32, t0: i32, t1: i32, tmp: usize): void {
+function forwardTask(desc: usize, b: i32, kvh: i32, t0: i32, t1: i32, split: i32, tmp: usize): void {
   const kind = fld(desc, KIND);
   const grav = kind != 1;
   const pure = kind == 2;
@@ -146,8 +149,13 @@ function forwardTask(desc: usize, b: i32, kvh: i32, t0: i32, t1: i32, tmp: usize
   const eps = fldf(desc, EPS), scale = fldf(desc, SCALE);
   // per head of a chunk: acc [D] f32, then sum lanes (v128) and running max (f32) after all the accs
   const GC = min(G, 8192 / (D * 4 + 20));
+  const nsplit = fld(desc, NSPLIT);
+  const j0 = split * fld(desc, SPLITLEN);
+  const jEnd = nsplit > 1 ? j0 + fld(desc, SPLITLEN) : 0x7fffffff;
+  const part = ptr(desc, PART);
   for (let t = t0; t < t1; t++) {
-    const last = start + t;
+    // this task's keys: [j0, last], the causal end cut at its key block
+    const last = min(start + t, jEnd - 1);
     for (let c0 = 0; c0 < G; c0 += GC) {
       const hn = min(GC, G - c0);
       const sumBase = tmp + <usize>hn * Db;
@@ -159,7 +167,7 @@ function forwardTask(desc: usize, b: i32, kvh: i32, t0: i32, t1: i32, tmp: usize
         const m2 = load<f32>(mass + (<usize>(kvh * G + c0 + hi) << 2));
         store<f32>(mxBase + (<usize>hi << 2), grav && m2 / eps < FIXED_MAX_LIMIT ? m2 / eps : -Infinity);
       }
-      for (let j = 0; j <= last; j += 4) {
+      for (let j = j0; j <= last; j += 4) {
         const mask = laneMask(j, last, vrow);
         if (!v128.any_true(mask)) continue;
         const k0 = rowOf(kb, j, last, krs), k1 = rowOf(kb, j + 1, last, krs), k2 = rowOf(kb, j + 2, last, krs), k3 = rowOf(kb, j + 3, last, krs);
@@ -213,6 +221,16 @@ function forwardTask(desc: usize, b: i32, kvh: i32, t0: i32, t1: i32, tmp: usize
         const o = outp + <usize>row * Db;
         const a = tmp + <usize>hi * Db;
         const sv = v128.load(sumBase + (<usize>hi << 4));
+        if (nsplit > 1) {
+          // flash-decoding partial: the host combines the key blocks
+          const pp = part + (<usize>(row * nsplit + split) * <usize>(D + 4) << 2);
+          store<f32>(pp, load<f32>(mxBase + (<usize>hi << 2)));
+          store<f32>(pp + 4, hsum(sv));
+          store<f32>(pp + 8, 0);
+          store<f32>(pp + 12, 0);
+          for (let d: usize = 0; d < Db; d += 16) v128.store(pp + 16 + d, v128.load(a + d));
+          continue;
+        }
         const sum = (<f64>f32x4.extract_lane(sv, 0) + <f64>f32x4.extract_lane(sv, 1)) + (<f64>f32x4.extract_lane(sv, 2) + <f64>f32x4.extract_lane(sv, 3));
         // a query with no valid key (a padding row) outputs zeros
         const inv = f32x4.splat(sum > 0 ? <f32>(1 / sum) : 0);
@@ -368,12 +386,14 @@ function backwardTask(desc: usize, b: i32, kvh: i32, tmp: usize): void {
 export function attn(desc: usize, r0: i32, r1: i32, tmp: usize): void {
   const Hkv = fld(desc, HKV);
   if (fld(desc, OP) == 0) {
-    const nqb = fld(desc, NQB), qblock = fld(desc, QBLOCK), T = fld(desc, TQ);
+    const nqb = fld(desc, NQB), qblock = fld(desc, QBLOCK), T = fld(desc, TQ), nsplit = fld(desc, NSPLIT);
     for (let r = r0; r < r1; r++) {
-      const qb = nqb - 1 - (r % nqb); // the longest (last) query blocks of a head first: causal rows grow
-      const bk = r / nqb;
+      const split = r % nsplit;
+      const rq = r / nsplit;
+      const qb = nqb - 1 - (rq % nqb); // the longest (last) query blocks of a head first: causal rows grow
+      const bk = rq / nqb;
       const t0 = qb * qblock;
-      forwardTask(desc, bk / Hkv, bk % Hkv, t0, min(T, t0 + qblock), tmp);
+      forwardTask(desc, bk / Hkv, bk % Hkv, t0, min(T, t0 + qblock), split, tmp);
     }
   } else {
     for (let r = r0; r < r1; r++) backwardTask(desc, r / Hkv, r % Hkv, tmp);

@@ -15,13 +15,20 @@ import type { CpuKVLayer } from './attention.js';
 // descriptor slots (i32), as in wasm/attention.ts
 const OP = 0, KIND = 1, TQ = 2, START = 3, HQ = 4, HKV = 5, DIM = 6, QP = 7, KP = 8, VP = 9, KBS = 10, KHS = 11, KRS = 12;
 const VALID = 13, VSTRIDE = 14, OUTP = 15, LSEP = 16, MASS = 17, EPS = 18, SCALE = 19, QBLOCK = 20, NQB = 21;
-const DOUT = 22, DQ = 23, DK = 24, DV = 25, DM = 26, BOFF = 27;
+const DOUT = 22, DQ = 23, DK = 24, DV = 25, DM = 26, BOFF = 27, NSPLIT = 28, SPLITLEN = 29, PART = 30;
 const DESC_BYTES = 256;
 const ALIGN = 64;
 /** multiply-adds below which one thread does the whole call (waking the workers costs ~10-50 µs) */
 const PARALLEL_WORK = 200_000;
 /** queries per forward task in a prefill: enough tasks to balance the causal rows over the threads */
 const QBLOCK_ROWS = 8;
+
+/**
+ * Flash-decoding: when a call has fewer tasks than 2 per thread (decode: one per sequence and kv head), the keys
+ * of each task are split into blocks of at least `minBlockKeys` (calls with fewer than `minKeys` keys never split);
+ * each block leaves (max, sum, acc) and the host combines them. Mutable for tests.
+ */
+export const flashDecoding = { minKeys: 256, minBlockKeys: 128 };
 
 const KIND_CODE = { gravity: 0, dot: 1, 'gravity-pure': 2 } as const;
 
@@ -65,6 +72,7 @@ export function wasmAttentionFits(headDim: number): boolean {
 function fillCommon(d: Int32Array, f: Float32Array, kind: AttentionParams['kind'], Hq: number, Hkv: number, D: number, eps: number, scale: number): void {
   d.fill(0, 0, DESC_BYTES / 4);
   d[KIND] = KIND_CODE[kind];
+  d[NSPLIT] = 1;
   d[HQ] = Hq;
   d[HKV] = Hkv;
   d[DIM] = D;
@@ -137,11 +145,50 @@ export function attentionForwardWasm(
     const nqb = Math.ceil(nt / qblock);
     d[QBLOCK] = qblock;
     d[NQB] = nqb;
-    const work = rows * Hq * (start + t0 + nt) * D;
-    host.runAttention(w.arena, desc, nb * Hkv * nqb, 1, work >= PARALLEL_WORK);
+    const keys = start + t0 + nt;
+    const work = rows * Hq * keys * D;
+    const tasks = nb * Hkv * nqb;
+    let nsplit = 1;
+    if (host.threads > 1 && tasks < 2 * host.threads && keys >= flashDecoding.minKeys && work >= PARALLEL_WORK) {
+      nsplit = Math.max(1, Math.min(Math.ceil((2 * host.threads) / tasks), Math.floor(keys / flashDecoding.minBlockKeys)));
+    }
+    const splitLen = Math.ceil(keys / nsplit / 4) * 4;
+    nsplit = Math.ceil(keys / splitLen);
+    const partFloats = rows * Hq * nsplit * (D + 4);
+    if (nsplit > 1 && s2.take(0) + up(partFloats * 4) > base + host.scratchBytes) nsplit = 1;
+    d[NSPLIT] = nsplit;
+    d[SPLITLEN] = splitLen;
+    d[PART] = nsplit > 1 ? s2.take(partFloats * 4) : 0;
+    host.runAttention(w.arena, desc, tasks * nsplit, 1, work >= PARALLEL_WORK);
+    if (nsplit > 1) combine(f32, d[PART] / 4, oOff / 4, lOff / 4, rows * Hq, nsplit, D, p.kind === 'gravity-pure');
     const o0 = whole ? 0 : (b0 * T + t0) * qRow;
     out.set(f32.subarray(oOff / 4, oOff / 4 + rows * qRow), o0);
     if (lse) lse.set(f32.subarray(lOff / 4, lOff / 4 + rows * Hq), whole ? 0 : (b0 * T + t0) * Hq);
+  }
+}
+
+/** Merges the key blocks' (max, sum, acc) of each row into out (and lse when lOff > 0); f32 indices. */
+function combine(f32: Float32Array, part: number, oOff: number, lOff: number, rows: number, nsplit: number, D: number, pure: boolean): void {
+  const stride = D + 4;
+  const acc = new Float64Array(D);
+  for (let r = 0; r < rows; r++) {
+    const p0 = part + r * nsplit * stride;
+    let M = -Infinity;
+    for (let s = 0; s < nsplit; s++) if (f32[p0 + s * stride + 1] > 0) M = Math.max(M, f32[p0 + s * stride]);
+    let total = 0;
+    acc.fill(0);
+    for (let s = 0; s < nsplit; s++) {
+      const ps = p0 + s * stride;
+      const sum = f32[ps + 1];
+      if (!(sum > 0)) continue;
+      // gravity-pure sums plain scores: no max to align
+      const c = pure ? 1 : Math.exp(f32[ps] - M);
+      total += c * sum;
+      for (let d = 0; d < D; d++) acc[d] += c * f32[ps + 4 + d];
+    }
+    const inv = total > 0 ? 1 / total : 0;
+    for (let d = 0; d < D; d++) f32[oOff + r * D + d] = acc[d] * inv;
+    if (lOff) f32[lOff + r] = total > 0 ? (pure ? Math.log(total) : M + Math.log(total)) : -Infinity;
   }
 }
 
