@@ -1,5 +1,6 @@
 /**
- * CPU attention over the KV cache, gravity or dot, streaming over keys with an online softmax: each query
+ * Plain-JS CPU attention (the fallback for the 'js' engine and hosts without shared WASM memory, and the reference
+ * the WASM SIMD kernels of ./attention-wasm.ts are tested against) over the KV cache, gravity or dot, streaming over keys with an online softmax: each query
  * row keeps a running max, a running sum and a D-wide accumulator, so no [T x keys] matrix exists.
  *
  * gravity: s_ij = M_h² / (max(|q_i|² + |k_j|² - 2 q_i·k_j, 0) + ε)   (|k_j|² cached at writeKV time)

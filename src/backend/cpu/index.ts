@@ -1,6 +1,8 @@
 /**
  * The cpu backend: tensors are typed arrays on the host; matrix products go to the MatmulEngine
- * (WASM SIMD + worker threads, ./matmul.ts), everything else is plain loops in ./ops.ts and ./attention.ts.
+ * (WASM SIMD + worker threads, ./matmul.ts); attention runs in the same engine's WASM kernels over a KV cache kept
+ * in its shared memory (./attention-wasm.ts), or in the plain loops of ./attention.ts with the 'js' engine or
+ * attention: 'js'; everything else is plain loops in ./ops.ts.
  */
 import type { AttentionParams, Backend, KVCache, Tensor } from '../backend.js';
 import { numel, toF32, type DType, type HostTensor } from '../../tensor/dtype.js';
