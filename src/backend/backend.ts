@@ -59,7 +59,8 @@ export interface Backend {
   upload(t: HostTensor, hint?: 'linear' | 'other'): Tensor;
   fromF32(data: Float32Array, shape: number[]): Tensor;
   read(t: Tensor): Promise<Float32Array>;
-  dispose(t: Tensor): void;
+  /** Frees a tensor, or a KV cache (sessions end with this; otherwise memory waits for garbage collection). */
+  dispose(t: Tensor | KVCache): void;
 
   /** ids [N] -> [N, C]; rows of a [V, C] table. */
   embedding(ids: Int32Array, table: Tensor): Tensor;

@@ -115,61 +115,66 @@ export async function* generateStream(
     return logits.subarray(0, V); // [1, vocab] -> [vocab]
   };
 
-  let logits: Float32Array | null = null;
-  for (let s = 0; s < prompt.length; s += prefillChunk) {
-    logits = await model.forward(session, [prompt.slice(s, s + prefillChunk)], { logits: 'last' });
-  }
-  let row = readRow(logits!);
+  // the session's KV cache is freed however the loop ends (finished, thrown, or the caller stopped iterating)
+  try {
+    let logits: Float32Array | null = null;
+    for (let s = 0; s < prompt.length; s += prefillChunk) {
+      logits = await model.forward(session, [prompt.slice(s, s + prefillChunk)], { logits: 'last' });
+    }
+    let row = readRow(logits!);
 
-  const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
-  const history = prompt.slice();
-  const out = result.outputIds;
-  let text = '';
-  let emitted = 0; // chars of `text` already streamed
-  const maxStop = stops.reduce((m, s) => Math.max(m, s.length), 0);
+    const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
+    const history = prompt.slice();
+    const out = result.outputIds;
+    let text = '';
+    let emitted = 0; // chars of `text` already streamed
+    const maxStop = stops.reduce((m, s) => Math.max(m, s.length), 0);
 
-  for (;;) {
-    const id = sampler.sample(row, history);
-    out.push(id);
-    history.push(id);
-    let finish: FinishReason | null = null;
-    if (eos.has(id)) finish = 'eos';
-    else if (out.length >= maxTokens || history.length >= total) finish = 'length';
+    for (;;) {
+      const id = sampler.sample(row, history);
+      out.push(id);
+      history.push(id);
+      let finish: FinishReason | null = null;
+      if (eos.has(id)) finish = 'eos';
+      else if (out.length >= maxTokens || history.length >= total) finish = 'length';
 
-    let delta = '';
-    if (stream) {
-      const before = text.length;
-      text += stream.push(id);
-      if (finish) text += stream.flush();
-      let cut = -1;
-      if (stops.length > 0 && text.length > before) {
-        // a stop string that completes now must end inside the new text
-        const from = Math.max(0, before - maxStop + 1);
-        for (const s of stops) {
-          const at = text.indexOf(s, from);
-          if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      let delta = '';
+      if (stream) {
+        const before = text.length;
+        text += stream.push(id);
+        if (finish) text += stream.flush();
+        let cut = -1;
+        if (stops.length > 0 && text.length > before) {
+          // a stop string that completes now must end inside the new text
+          const from = Math.max(0, before - maxStop + 1);
+          for (const s of stops) {
+            const at = text.indexOf(s, from);
+            if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+          }
+        }
+        if (cut >= 0) {
+          text = text.slice(0, cut);
+          finish = 'stop';
+        }
+        const safe = finish ? text.length : text.length - heldBack(text, stops);
+        if (safe > emitted) {
+          delta = text.slice(emitted, safe);
+          emitted = safe;
         }
       }
-      if (cut >= 0) {
-        text = text.slice(0, cut);
-        finish = 'stop';
-      }
-      const safe = finish ? text.length : text.length - heldBack(text, stops);
-      if (safe > emitted) {
-        delta = text.slice(emitted, safe);
-        emitted = safe;
-      }
-    }
 
-    const ev: GeneratedToken = { id, index: out.length - 1, text: delta };
-    opts.onToken?.(ev);
-    yield ev;
-    if (finish) {
-      result.finishReason = finish;
-      if (stream) result.text = text;
-      return result;
+      const ev: GeneratedToken = { id, index: out.length - 1, text: delta };
+      opts.onToken?.(ev);
+      yield ev;
+      if (finish) {
+        result.finishReason = finish;
+        if (stream) result.text = text;
+        return result;
+      }
+      row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
     }
-    row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
+  } finally {
+    model.closeSession?.(session);
   }
 }
 

@@ -85,6 +85,10 @@ export class Qwen2Model implements CausalLM {
     return new Qwen2Session(batch, maxLen, this.backend.createKVCache(c.numLayers, batch, maxLen, c.numKVHeads, c.headDim));
   }
 
+  closeSession(session: Session): void {
+    this.backend.dispose(session.cache);
+  }
+
   async forward(session: Session, ids: number[][], opts: ForwardOptions = {}): Promise<Float32Array> {
     const be = this.backend;
     const c = this.config;

@@ -29,6 +29,8 @@ export interface CausalLM {
   /** raw gravity_mass_log per layer, [numLayers][numHeads] */
   readonly massLog: Float32Array[];
   newSession(batch: number, maxLen: number): Session;
+  /** Frees the session's KV cache now (long-running servers create many sessions). */
+  closeSession(session: Session): void;
   /** Runs ids [batch][T] after what the session already holds; returns logits as chosen by opts.logits. */
   forward(session: Session, ids: number[][], opts?: ForwardOptions): Promise<Float32Array>;
   dispose(): void;

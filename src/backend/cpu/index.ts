@@ -42,7 +42,18 @@ class CpuKVCache implements KVCache {
       if (host) this.layers.push(allocKVLayer(host, batch, numKVHeads, maxLen, headDim));
       else this.layers.push({ k: new Float32Array(n * headDim), v: new Float32Array(n * headDim), kn: new Float64Array(n) });
     }
-    if (host) kvBlocks.register(this, { host, blocks: this.layers.map((l) => l.wasm!) });
+    if (host) {
+      this.release = { host, blocks: this.layers.map((l) => l.wasm!) };
+      kvBlocks.register(this, this.release, this);
+    }
+  }
+  private release: { host: KernelHost; blocks: { arena: number; off: number }[] } | null = null;
+  destroy(): void {
+    if (!this.release) return;
+    kvBlocks.unregister(this);
+    for (const b of this.release.blocks) this.release.host.freeShared(b.arena, b.off);
+    this.release = null;
+    this.layers.length = 0;
   }
 }
 
@@ -94,8 +105,9 @@ export class CpuBackend implements Backend {
     return t(x).f32;
   }
 
-  dispose(x: Tensor): void {
-    const ct = t(x);
+  dispose(x: Tensor | KVCache): void {
+    if (x instanceof CpuKVCache) return x.destroy();
+    const ct = t(x as Tensor);
     if (ct.prepared) this.engine.release(ct.prepared);
     ct.prepared = null;
     ct.host = null;
