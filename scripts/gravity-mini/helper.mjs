@@ -1,5 +1,6 @@
 // The gravity-mini pipeline's bookkeeping (plain node, no dependencies), called by run.sh:
 //   node helper.mjs steps CALIB_DIR CAL_STEPS PHASE1_S PHASE2_S NVAL NTRAIN BATCH EVALS   -> "STEPS1 STEPS2"
+//   node helper.mjs resize RUNS_DIR PHASE2_S                                              -> STEPS2 from phase 1
 //   node helper.mjs collect WORK RESULTS.json SETTINGS_JSON                               -> results.json
 //   node helper.mjs best RESULTS.json                                                     -> the best gravity run's name
 //   node helper.mjs export WORK NAME DEST                                                 -> a standalone model folder
@@ -71,9 +72,10 @@ function steps([calib, calSteps, p1, p2, nval, ntrain, batch, evals]) {
   const windows = Math.max(...all.map((c) => c.windows).filter(Number.isFinite), NT / 2);
   // validation: forward only, ~1/3 of a training step per batch (0.4 for margin)
   const evalS = (s) => Math.ceil((windows * NV) / NT / B) * s * 0.4;
-  const n1 = Math.max(10, Math.floor((P1 - overhead - E * evalS(s1)) / s1));
+  // 0.85: a margin for slower steps under the full load (evaluations of the others, memory traffic)
+  const n1 = Math.max(10, Math.floor((0.85 * (P1 - overhead - E * evalS(s1))) / s1));
   // LoRA steps are a little cheaper than full ones: sizing phase 2 by the full gravity step is conservative
-  const n2 = Math.max(10, Math.floor((P2 - overhead - E * evalS(s2)) / s2));
+  const n2 = Math.max(10, Math.floor((0.85 * (P2 - overhead - E * evalS(s2))) / s2));
   const summary = {
     per_run: Object.fromEntries(Object.entries(runs).map(([n, c]) => [n, { s_step: round(c.s_step, 3), overhead_s: round(c.overhead_s, 1) }])),
     s_step_phase1: round(s1, 3), s_step_phase2: round(s2, 3), overhead_s: round(overhead, 1), eval_s: round(evalS(s1), 1),
@@ -82,6 +84,29 @@ function steps([calib, calSteps, p1, p2, nval, ntrain, batch, evals]) {
   fs.writeFileSync(path.join(calib, 'summary.txt'), JSON.stringify(summary));
   fs.writeFileSync(path.join(calib, '..', 'calibration.json'), JSON.stringify(summary, null, 2) + '\n');
   process.stdout.write(`${n1} ${n2}\n`);
+}
+
+/** phase 2's steps from what phase 1's gravity runs measured: seconds per step and everything else (start-up, evals) */
+function resize([runsDir, p2]) {
+  const P2 = Number(p2);
+  const work = path.dirname(runsDir);
+  const measured = table(work)
+    .filter((t) => t.phase === 1 && !t.flags.includes('--attn dot'))
+    .map((t) => {
+      const dir = path.join(runsDir, t.name);
+      const train = lines(path.join(dir, 'metrics.jsonl')).filter((o) => o.type === 'train' && typeof o.elapsed_s === 'number');
+      const status = readJson(path.join(dir, 'status.json'));
+      if (train.length < 3 || !status || status.exit_code !== 0) return null;
+      const last = train[train.length - 1];
+      return { s_step: last.elapsed_s / last.step, overhead_s: status.wall_ms / 1000 - last.elapsed_s };
+    })
+    .filter(Boolean);
+  if (measured.length === 0) throw new Error('no finished phase-1 gravity run to size phase 2 from');
+  const s = Math.max(...measured.map((m) => m.s_step));
+  const o = Math.max(...measured.map((m) => m.overhead_s));
+  const n = Math.max(10, Math.floor((0.9 * (P2 - o)) / s));
+  process.stderr.write(`resize: phase 1 gravity ${s.toFixed(3)} s/step, ${o.toFixed(1)} s start-up + evaluations -> ${n} steps in ${P2} s\n`);
+  process.stdout.write(`${n}\n`);
 }
 
 const NONFINITE = /not finite|NaN|Infinity|nonfinite/i;
@@ -213,7 +238,7 @@ function exportModel([work, name, dest]) {
 }
 
 const [cmd, ...args] = process.argv.slice(2);
-const cmds = { steps, collect, best, export: exportModel };
+const cmds = { steps, resize, collect, best, export: exportModel };
 if (!cmds[cmd]) {
   process.stderr.write(`usage: node helper.mjs steps|collect|best|export ...\n`);
   process.exit(2);

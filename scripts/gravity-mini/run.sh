@@ -3,7 +3,7 @@
 # conversions of base-dot to gravity, in parallel), test-set accuracy of every model, figures, results.json and the
 # best gravity model packed for models/gravity-mini. Runs from the BUILT dist/ with plain `node` (no tsx).
 #
-#   bash scripts/gravity-mini/run.sh OUT [--phase1-s S] [--phase2-s S] [--steps1 N] [--steps2 N] [--parallel P]
+#   bash scripts/gravity-mini/run.sh OUT [--phase1-s S] [--phase2-s S] [--deadline-s S] [--steps1 N] [--steps2 N] [--parallel P]
 #                                        [--threads T] [--digits D] [--train N] [--work DIR] [--tiny] [--calibrate]
 #
 # OUT receives only a few files (the GPU machine returns at most 8 files from $OUT):
@@ -11,8 +11,10 @@
 # Then, here: node scripts/gravity-mini/report.mjs OUT   (docs/EXPERIMENTS.md, docs/figures, models/gravity-mini).
 #
 # Without --steps1/--steps2 the step counts come from a calibration: every phase-1 run takes a few steps under the
-# same parallel load, and steps = (phase budget - start-up - evaluations) / slowest seconds per step. Phase 2 is
-# sized from phase 1's measured step times (same load: as many runs at once).
+# same parallel load, and steps = 0.85 (phase budget - start-up - evaluations) / slowest seconds per step. Phase 2
+# is then re-sized from phase 1's measured step times and overheads (same load: as many runs at once) and the time
+# left before the deadline. A run still going at 1.4x its phase budget (or too close to the deadline) gets SIGINT:
+# it saves a checkpoint, which is then used as its result and reported as timed out.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -21,8 +23,9 @@ HERE="$ROOT/scripts/gravity-mini"
 [ -f "$CLI" ] || { echo "run.sh: $CLI missing: build first (npm run build)" >&2; exit 2; }
 
 OUT=""
-PHASE1_S=210       # wall seconds of phase 1 (7 runs at once)
-PHASE2_S=150       # wall seconds of phase 2 (7 runs at once)
+PHASE1_S=200       # wall seconds of phase 1 (7 runs at once)
+PHASE2_S=140       # wall seconds of phase 2 (7 runs at once)
+DEADLINE_S=530     # the whole script, from its start: runs are stopped (and evaluation cut) to end by then
 STEPS1=""
 STEPS2=""
 PARALLEL=8
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --phase1-s) PHASE1_S=$2; shift 2 ;;
     --phase2-s) PHASE2_S=$2; shift 2 ;;
+    --deadline-s) DEADLINE_S=$2; shift 2 ;;
     --steps1) STEPS1=$2; shift 2 ;;
     --steps2) STEPS2=$2; shift 2 ;;
     --parallel) PARALLEL=$2; shift 2 ;;
@@ -74,6 +78,8 @@ LOG="$OUT/run.log"
 : > "$LOG"
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 T0=$(date +%s)
+left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
+clamp() { local v=$1 lo=$2 hi=$3; [ "$v" -lt "$lo" ] && v=$lo; [ "$v" -gt "$hi" ] && v=$hi; echo "$v"; }
 gravity() { node "$CLI" "$@"; }
 export GRAVITY_NO_PROGRESS=1
 
@@ -150,6 +156,8 @@ eval_every() { local e=$(( ($1 + 2) / 3 )); [ "$e" -lt 1 ] && e=1; echo "$e"; }
 
 cd "$WORK"
 mkdir -p runs
+printf '%s\n' "${RUNS[@]}" > runs/table.txt
+STEPS2_AUTO=0
 if [ -z "$STEPS1" ] || [ -z "$STEPS2" ]; then
   # calibration: every phase-1 run for a few steps, all at once (the real load), no validation
   mapfile -t P1 < <(runs_of_phase 1)
@@ -158,6 +166,7 @@ if [ -z "$STEPS1" ] || [ -z "$STEPS2" ]; then
   read -r STEPS1_C STEPS2_C < <(node "$HERE/helper.mjs" steps "$WORK/calib" "$CAL_STEPS" "$PHASE1_S" "$PHASE2_S" "$NVAL" "$NTRAIN" "$BATCH" "$EVAL_PER_RUN" 2>>"$LOG")
   say "calibration: $(cat "$WORK/calib/summary.txt" 2>/dev/null)"
   STEPS1=${STEPS1:-$STEPS1_C}
+  [ -z "$STEPS2" ] && STEPS2_AUTO=1
   STEPS2=${STEPS2:-$STEPS2_C}
   rm -rf "$WORK/calib"
 fi
@@ -181,9 +190,14 @@ phase() {
     rm -rf runs/$r/checkpoint-* runs/$r/optimizer.safetensors
   done
 }
-TR_STEPS=$STEPS1 TR_LIMIT=$(( PHASE1_S * 2 )) phase 1
+TR_STEPS=$STEPS1 TR_LIMIT=$(clamp $(( $(left) - PHASE2_S - 90 )) 30 $(( PHASE1_S * 14 / 10 ))) phase 1
 if [ -f runs/base-dot/model.safetensors ]; then
-  TR_STEPS=$STEPS2 TR_LIMIT=$(( PHASE2_S * 2 )) phase 2
+  P2=$(clamp $(( $(left) - 90 )) 20 "$PHASE2_S")
+  if [ "$STEPS2_AUTO" = 1 ]; then
+    STEPS2=$(node "$HERE/helper.mjs" resize "$WORK/runs" "$P2" 2>>"$LOG" || echo "$STEPS2")
+    say "phase 2 re-sized from phase 1's step times: $STEPS2 steps in ${P2} s"
+  fi
+  TR_STEPS=$STEPS2 TR_LIMIT=$(clamp $(( $(left) - 80 )) 20 $(( P2 * 14 / 10 ))) phase 2
 else
   say "base-dot has no model: phase 2 cannot start"
 fi
@@ -199,12 +213,12 @@ do_eval() {
   local args="$model --attn $attn${eps:+ --eps $eps} --data data/test.jsonl --max-tokens $MAXTOK --json${EVAL_LIMIT:+ --limit $EVAL_LIMIT}"
   echo "gravity task eval $args" > "runs/$name/eval-cmd.txt"
   # shellcheck disable=SC2086
-  GRAVITY_THREADS=1 node "$CLI" task eval $args > "runs/$name/eval.json" 2> "runs/$name/eval.log" || rm -f "runs/$name/eval.json"
+  GRAVITY_THREADS=1 timeout -k 5 "$EV_LIMIT" node "$CLI" task eval $args > "runs/$name/eval.json" 2> "runs/$name/eval.log" || rm -f "runs/$name/eval.json"
 }
 say "evaluating ${#RUNS[@]} models on data/test.jsonl${EVAL_LIMIT:+ (first $EVAL_LIMIT)}"
 TRAIN_PARALLEL=$PARALLEL
 PARALLEL=$(( $(nproc) > 2 ? $(nproc) - 1 : 2 ))
-pool do_eval "${RUNS[@]}"
+EV_LIMIT=$(clamp $(( $(left) - 35 )) 20 600) pool do_eval "${RUNS[@]}"
 PARALLEL=$TRAIN_PARALLEL
 
 # ---- (f) figures
@@ -214,7 +228,6 @@ for r in "${RUNS[@]}"; do
 done
 
 # ---- (g) results.json, the best gravity model
-printf '%s\n' "${RUNS[@]}" > runs/table.txt
 node "$HERE/helper.mjs" collect "$WORK" "$OUT/results.json" \
   "{\"digits\":$DIGITS,\"train\":$NTRAIN,\"val\":$NVAL,\"test\":$NTEST,\"task_seed\":0,\"init_seed\":0,\"seq_len\":$SEQ,\"batch_size\":$BATCH,\"lr_full\":$LR_FULL,\"lr_lora\":$LR_LORA,\"threads\":$THREADS,\"parallel\":$PARALLEL,\"steps1\":$STEPS1,\"steps2\":$STEPS2,\"phase1_s\":$PHASE1_S,\"phase2_s\":$PHASE2_S,\"max_tokens\":$MAXTOK,\"eval_limit\":${EVAL_LIMIT:-null},\"tiny\":$TINY,\"cores\":$(nproc),\"node\":\"$(node --version)\"}" 2>&1 | tee -a "$LOG"
 BEST=$(node "$HERE/helper.mjs" best "$OUT/results.json")
@@ -223,7 +236,7 @@ if [ -n "$BEST" ]; then
   rm -rf best
   node "$HERE/helper.mjs" export "$WORK" "$BEST" "$WORK/best" 2>&1 | tee -a "$LOG"
   # check the exported folder answers like the run did (no --model flags beyond the folder itself)
-  gravity task eval --model best --data data/test.jsonl --max-tokens "$MAXTOK" --json ${EVAL_LIMIT:+--limit $EVAL_LIMIT} > best/eval.json 2>> "$LOG" || say "exported model failed its evaluation"
+  timeout -k 5 "$(clamp $(( $(left) - 10 )) 15 300)" node "$CLI" task eval --model best --data data/test.jsonl --max-tokens "$MAXTOK" --json ${EVAL_LIMIT:+--limit $EVAL_LIMIT} > best/eval.json 2>> "$LOG" || say "exported model failed its evaluation"
   say "exported: $(cat best/eval.json 2>/dev/null | head -c 200)"
   tar -C "$WORK" -czf "$OUT/best-model.tar.gz" best
 else
