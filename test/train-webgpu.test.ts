@@ -214,3 +214,18 @@ describe('webgpu training against PyTorch + PEFT', () => {
     });
   }
 });
+
+test('Trainer.create with device webgpu trains on its own WebGPU device (what `gravity train --device webgpu` uses)', async () => {
+  const name = 'train-llama-all';
+  const exp = loadExpected(name);
+  const dir = path.join(FIXTURES, name);
+  const tr = await Trainer.create(dir, { initAdapter: path.join(dir, 'adapter'), trainMasses: true, optimizer: 'sgd', lr: 0, maxGradNorm: 0 }, { device: 'webgpu' });
+  try {
+    assert.equal(tr.ops.backend.name, 'webgpu');
+    const r = await tr.trainStep([batchOf(exp.meta)]);
+    assert.ok(Math.abs(r.loss - exp.meta.loss) <= 1e-6 * Math.abs(exp.meta.loss), `loss ${r.loss} vs ${exp.meta.loss}`);
+  } finally {
+    (tr.ops.backend as WebGPUBackend).destroy();
+  }
+  await assert.rejects(Trainer.create(dir, { precision: 'f64' }, { device: 'webgpu' }), /webgpu trains in f32/);
+});

@@ -198,7 +198,6 @@ export async function run(argv: string[]): Promise<number> {
   // ---- trainer
   const device = str(v, 'device') ?? 'cpu';
   if (device !== 'cpu' && device !== 'webgpu') fail(`--device '${device}': expected cpu or webgpu`);
-  if (device === 'webgpu') fail('--device webgpu: training on WebGPU is not available yet (the trainer has CPU kernels only); use --device cpu');
   const optimizer = str(v, 'optimizer') ?? 'adamw';
   if (optimizer !== 'adamw' && optimizer !== 'sgd') fail(`--optimizer '${optimizer}': expected adamw or sgd`);
   const defaults = modelDefaults(modelDir);
@@ -238,7 +237,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   const { Trainer } = await import('../train/trainer.js');
   say(`loading ${modelDir}`);
-  const trainer = await Trainer.create(modelDir, opts);
+  const trainer = await Trainer.create(modelDir, opts, { device });
 
   const lossTokens = train.lossTokens();
   say(

@@ -101,6 +101,8 @@ export interface TrainerCreateOptions {
   backend?: CpuBackend;
   /** a TrainOps over another backend (WebGPU); default: cpu */
   ops?: TrainOps;
+  /** without `ops`: 'webgpu' makes the WebGPU TrainOps (src/train/webgpu) on a new device; default cpu */
+  device?: 'cpu' | 'webgpu';
 }
 
 const STATE_FILE = 'trainer_state.json';
@@ -189,6 +191,12 @@ export class Trainer {
   static async create(dir: string, options: Partial<TrainerOptions> = {}, deps: TrainerCreateOptions = {}): Promise<Trainer> {
     const o: TrainerOptions = { ...DEFAULT_TRAINER_OPTIONS, ...options };
     checkOptions(o);
+    if (!deps.ops && deps.device === 'webgpu') {
+      if (o.precision === 'f64') fail('trainer: --device webgpu trains in f32 (f64 is for cpu reference checks)');
+      const { createWebGPUBackend } = await import('../backend/webgpu/index.js');
+      const { createWebGPUTrainOps } = await import('./webgpu/ops.js');
+      deps = { ...deps, ops: createWebGPUTrainOps(await createWebGPUBackend()) };
+    }
     const files = loadCheckpointFiles(dir, { masses: o.masses });
     const cfg = files.config;
     let masses: Float64Array[];
