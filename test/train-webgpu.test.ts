@@ -229,3 +229,23 @@ test('Trainer.create with device webgpu trains on its own WebGPU device (what `g
   }
   await assert.rejects(Trainer.create(dir, { precision: 'f64' }, { device: 'webgpu' }), /webgpu trains in f32/);
 });
+
+test('full training (--full) on webgpu: loss and every weight / bias / norm / embedding / mass gradient match the cpu trainer', async () => {
+  const cbeT = createCpuBackend({ threads: 1 });
+  for (const name of TRAIN_FIXTURES) {
+    const exp = loadExpected(name);
+    const dir = path.join(FIXTURES, name);
+    const o: Partial<TrainerOptions> = { full: true, optimizer: 'sgd', lr: 0, maxGradNorm: 0, trainMasses: true };
+    const c = await Trainer.create(dir, o, { backend: cbeT });
+    const g = await Trainer.create(dir, o, { ops: gpu });
+    const rc = await c.trainStep([batchOf(exp.meta)]);
+    const rg = await g.trainStep([batchOf(exp.meta)]);
+    const eLoss = Math.abs(rg.loss - rc.loss) / Math.abs(rc.loss);
+    assert.ok(eLoss <= 1e-6, `${name}: loss ${rg.loss} vs ${rc.loss}`);
+    assert.ok(c.params.some((p) => p.name === 'model.embed_tokens.weight'));
+    for (const p of c.params) {
+      const e = relErr(g.grad(p.name), p.grad);
+      assert.ok(e <= 1e-4, `${name} ${p.name}: rel err ${e.toExponential(2)}`);
+    }
+  }
+});
