@@ -2,7 +2,8 @@
 // reproduce them) and installs the best gravity model into models/gravity-mini with its accuracy.json. Plain node;
 // needs the built dist/ (for the accuracy check of the installed model) and `tar`.
 //
-//   node scripts/gravity-mini/report.mjs OUT [--docs FILE] [--figures DIR] [--models DIR] [--no-model] [--sample N]
+//   node scripts/gravity-mini/report.mjs OUT [--bundle OUT2] [--docs FILE] [--figures DIR] [--models DIR] [--no-model] [--sample N]
+// --bundle OUT2: install the best model of another run.sh OUT (e.g. one longer `--only` run) instead of OUT's.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -17,10 +18,10 @@ const opt = (name, dflt) => {
   const i = argv.indexOf(name);
   return i >= 0 ? argv[i + 1] : dflt;
 };
-const VALUED = ['--docs', '--figures', '--models', '--sample'];
+const VALUED = ['--docs', '--figures', '--models', '--sample', '--bundle'];
 const OUT = argv.find((a, i) => !a.startsWith('--') && !(i > 0 && VALUED.includes(argv[i - 1])));
 if (!OUT) {
-  process.stderr.write('usage: node scripts/gravity-mini/report.mjs OUT [--docs FILE] [--figures DIR] [--models DIR] [--no-model] [--sample N]\n');
+  process.stderr.write('usage: node scripts/gravity-mini/report.mjs OUT [--bundle OUT2] [--docs FILE] [--figures DIR] [--models DIR] [--no-model] [--sample N]\n');
   process.exit(2);
 }
 const DOCS = path.resolve(opt('--docs', path.join(ROOT, 'docs/EXPERIMENTS.md')));
@@ -28,6 +29,7 @@ const FIGS = path.resolve(opt('--figures', path.join(ROOT, 'docs/figures/gravity
 const MODELS = path.resolve(opt('--models', path.join(ROOT, 'models/gravity-mini')));
 const SAMPLE = Number(opt('--sample', '40'));
 const installModel = !argv.includes('--no-model');
+const BUNDLE = opt('--bundle', OUT);
 
 const results = JSON.parse(fs.readFileSync(path.join(OUT, 'results.json'), 'utf8'));
 const S = results.settings;
@@ -50,11 +52,15 @@ for (const r of results.runs) {
   figs.set(r.name, Object.fromEntries(got));
 }
 
-// ---- the bundled model
+// ---- the bundled model (from OUT, or from --bundle OUT2)
 let bundled = null;
-if (installModel && results.best && fs.existsSync(path.join(OUT, 'best-model.tar.gz'))) {
-  execFileSync('tar', ['-xzf', path.join(OUT, 'best-model.tar.gz'), '-C', tmp]);
-  const src = path.join(tmp, 'best');
+const bres = BUNDLE === OUT ? results : JSON.parse(fs.readFileSync(path.join(BUNDLE, 'results.json'), 'utf8'));
+const btmp = BUNDLE === OUT ? tmp : fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-mini-bundle-'));
+if (BUNDLE !== OUT) execFileSync('tar', ['-xzf', path.join(BUNDLE, 'runs.tar.gz'), '-C', btmp]);
+if (installModel && bres.best && fs.existsSync(path.join(BUNDLE, 'best-model.tar.gz'))) {
+  execFileSync('tar', ['-xzf', path.join(BUNDLE, 'best-model.tar.gz'), '-C', btmp]);
+  const src = path.join(btmp, 'best');
+  const BS = bres.settings;
   fs.mkdirSync(MODELS, { recursive: true });
   for (const f of fs.readdirSync(MODELS)) if (!f.startsWith('tokenizer')) fs.rmSync(path.join(MODELS, f), { recursive: true, force: true });
   for (const f of ['config.json', 'generation_config.json', 'model.safetensors', 'gravity_mass_log.safetensors', 'gravity_mass_log.pt', 'tokenizer.json', 'tokenizer_config.json', 'training.json']) {
@@ -62,23 +68,27 @@ if (installModel && results.best && fs.existsSync(path.join(OUT, 'best-model.tar
   }
   // the sample the test re-creates: the first SAMPLE test problems of `gravity task make --seed 0 --digits D`
   const { makeSplits, toRecord } = await import(pathToFileURL(path.join(ROOT, 'dist/src/tasks/dataset.js')).href);
-  const sample = makeSplits({ train: 0, val: 0, test: SAMPLE }, S.task_seed, { digits: S.digits }).test.map(toRecord);
-  const shipped = fs.readFileSync(path.join(tmp, 'data/test.jsonl'), 'utf8').split('\n').filter(Boolean).slice(0, SAMPLE);
+  const sample = makeSplits({ train: 0, val: 0, test: SAMPLE }, BS.task_seed, { digits: BS.digits }).test.map(toRecord);
+  const shipped = fs.readFileSync(path.join(btmp, 'data/test.jsonl'), 'utf8').split('\n').filter(Boolean).slice(0, SAMPLE);
   if (sample.join('\n') !== shipped.join('\n')) throw new Error('the regenerated sample differs from the first test problems of the run: the generator changed');
   const sampleFile = path.join(tmp, 'sample.jsonl');
   fs.writeFileSync(sampleFile, sample.join('\n') + '\n');
-  const ev = JSON.parse(execFileSync(process.execPath, [CLI, 'task', 'eval', '--model', MODELS, '--data', sampleFile, '--max-tokens', String(S.max_tokens), '--json'], { encoding: 'utf8', env: { ...process.env, GRAVITY_NO_PROGRESS: '1' } }));
-  const r = runs.get(results.best);
+  const ev = JSON.parse(execFileSync(process.execPath, [CLI, 'task', 'eval', '--model', MODELS, '--data', sampleFile, '--max-tokens', String(BS.max_tokens), '--json'], { encoding: 'utf8', env: { ...process.env, GRAVITY_NO_PROGRESS: '1' } }));
+  const r = bres.runs.find((x) => x.name === bres.best);
   const bytes = fs.readdirSync(MODELS).reduce((a, f) => a + fs.statSync(path.join(MODELS, f)).size, 0);
   bundled = {
     run: r.name,
     method: r.method,
     attention: r.attention,
     eps: r.eps,
-    task: { command: 'gravity task make', seed: S.task_seed, digits: S.digits },
-    sample: { n: ev.total, correct: ev.correct, accuracy: ev.accuracy, max_tokens: S.max_tokens, problems: `the first ${SAMPLE} test problems of gravity task make --seed ${S.task_seed} --digits ${S.digits}` },
+    task: { command: 'gravity task make', seed: BS.task_seed, digits: BS.digits },
+    sample: { n: ev.total, correct: ev.correct, accuracy: ev.accuracy, max_tokens: BS.max_tokens, problems: `the first ${SAMPLE} test problems of gravity task make --seed ${BS.task_seed} --digits ${BS.digits}` },
     test: { n: r.total, correct: r.correct, accuracy: r.accuracy },
     val_loss: r.val_loss,
+    steps: r.steps,
+    input_tokens: r.input_tokens,
+    command: r.command,
+    separate_run: BUNDLE !== OUT ? { only: BS.only, threads: BS.threads, phase1_s: BS.phase1_s, steps1: BS.steps1 } : null,
     bytes,
   };
   fs.writeFileSync(path.join(MODELS, 'accuracy.json'), JSON.stringify(bundled, null, 2) + '\n');
@@ -192,6 +202,18 @@ if (bundled) {
       '`gravity generate --prompt "What is 12 + 34?"` use it when --model is not given.',
     '',
   );
+  if (bundled.separate_run) {
+    const b = bundled.separate_run;
+    md.push(
+      `It comes from a separate, longer run: \`bash scripts/gravity-mini/run.sh OUT2 --only ${b.only} --phase1-s ${b.phase1_s} --threads ${b.threads} --steps1 ${b.steps1}\` ` +
+        `(${bundled.steps} steps, ${(bundled.input_tokens / 1000).toFixed(0)}k tokens), then \`node scripts/gravity-mini/report.mjs OUT --bundle OUT2\`. Its command:`,
+      '',
+      '```sh',
+      bundled.command,
+      '```',
+      '',
+    );
+  }
 } else md.push(`Best gravity run: ${results.best ?? 'none'} (not installed by this report).`, '');
 
 md.push('## Reproduce', '');
@@ -211,4 +233,5 @@ md.push('gravity plot runs/NAME', '```', '');
 fs.mkdirSync(path.dirname(DOCS), { recursive: true });
 fs.writeFileSync(DOCS, md.join('\n'));
 fs.rmSync(tmp, { recursive: true, force: true });
+if (btmp !== tmp) fs.rmSync(btmp, { recursive: true, force: true });
 process.stderr.write(`wrote ${DOCS} and ${figs.size} runs' figures into ${FIGS}\n`);

@@ -4,7 +4,10 @@
 # best gravity model packed for models/gravity-mini. Runs from the BUILT dist/ with plain `node` (no tsx).
 #
 #   bash scripts/gravity-mini/run.sh OUT [--phase1-s S] [--phase2-s S] [--deadline-s S] [--steps1 N] [--steps2 N] [--parallel P]
-#                                        [--threads T] [--digits D] [--train N] [--work DIR] [--tiny] [--calibrate]
+#                                        [--threads T] [--digits D] [--train N] [--lr X] [--only NAME,NAME]
+#                                        [--work DIR] [--tiny] [--calibrate]
+# --only runs a subset of the table below, e.g. one longer run for the bundled model:
+#   bash scripts/gravity-mini/run.sh OUT2 --only gravity-scratch --phase1-s 420 --threads 8
 #
 # OUT receives only a few files (the GPU machine returns at most 8 files from $OUT):
 #   results.json  run.log  runs.tar.gz (per run: metrics, run.json, eval.json, logs, figures)  best-model.tar.gz
@@ -36,13 +39,14 @@ NVAL=500
 NTEST=500
 SEQ=128
 BATCH=8
-LR_FULL=2e-3
-LR_LORA=2e-3
+LR_FULL=3e-3
+LR_LORA=3e-3
 CAL_STEPS=8
 EVAL_LIMIT=""      # only the first N test problems (tiny runs)
 WORK=""
 TINY=0
 FORCE_CAL=0
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --phase1-s) PHASE1_S=$2; shift 2 ;;
@@ -57,6 +61,8 @@ while [ $# -gt 0 ]; do
     --work) WORK=$2; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --calibrate) FORCE_CAL=1; shift ;;
+    --only) ONLY=$2; shift 2 ;;
+    --lr) LR_FULL=$2; LR_LORA=$2; shift 2 ;;
     -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) [ -z "$OUT" ] || { echo "run.sh: one OUT folder only" >&2; exit 2; }; OUT=$1; shift ;;
@@ -112,7 +118,14 @@ RUNS=(
   "stage1-seed1|2|base-dot|lora|1|--attn gravity --train-masses --mass-init raw:0.5 --eps 0.1"
 )
 field() { echo "$1" | cut -d'|' -f"$2"; }
-runs_of_phase() { for r in "${RUNS[@]}"; do [ "$(field "$r" 2)" = "$1" ] && echo "$r"; done; }
+if [ -n "$ONLY" ]; then
+  KEEP=()
+  for r in "${RUNS[@]}"; do [[ ",$ONLY," == *",$(field "$r" 1),"* ]] && KEEP+=("$r"); done
+  [ "${#KEEP[@]}" -gt 0 ] || { echo "run.sh: --only $ONLY matches no run" >&2; exit 2; }
+  RUNS=("${KEEP[@]}")
+fi
+runs_of_phase() { for r in "${RUNS[@]}"; do [ "$(field "$r" 2)" = "$1" ] && echo "$r"; done; return 0; }
+[ -n "$(runs_of_phase 2)" ] || PHASE2_S=0
 
 # the gravity train arguments of a run (without --out/--steps/--eval-every), relative to $WORK so the
 # commands read the same in docs/EXPERIMENTS.md; $2 = 0 leaves out the validation data (calibration)
@@ -158,6 +171,7 @@ cd "$WORK"
 mkdir -p runs
 printf '%s\n' "${RUNS[@]}" > runs/table.txt
 STEPS2_AUTO=0
+[ "$PHASE2_S" = 0 ] && STEPS2=${STEPS2:-0}
 if [ -z "$STEPS1" ] || [ -z "$STEPS2" ]; then
   # calibration: every phase-1 run for a few steps, all at once (the real load), no validation
   mapfile -t P1 < <(runs_of_phase 1)
@@ -191,7 +205,9 @@ phase() {
   done
 }
 TR_STEPS=$STEPS1 TR_LIMIT=$(clamp $(( $(left) - PHASE2_S - 90 )) 30 $(( PHASE1_S * 14 / 10 ))) phase 1
-if [ -f runs/base-dot/model.safetensors ]; then
+if [ "$PHASE2_S" = 0 ]; then
+  say "no phase-2 run selected"
+elif [ -f runs/base-dot/model.safetensors ]; then
   P2=$(clamp $(( $(left) - 90 )) 20 "$PHASE2_S")
   if [ "$STEPS2_AUTO" = 1 ]; then
     STEPS2=$(node "$HERE/helper.mjs" resize "$WORK/runs" "$P2" 2>>"$LOG" || echo "$STEPS2")
@@ -229,7 +245,7 @@ done
 
 # ---- (g) results.json, the best gravity model
 node "$HERE/helper.mjs" collect "$WORK" "$OUT/results.json" \
-  "{\"digits\":$DIGITS,\"train\":$NTRAIN,\"val\":$NVAL,\"test\":$NTEST,\"task_seed\":0,\"init_seed\":0,\"seq_len\":$SEQ,\"batch_size\":$BATCH,\"lr_full\":$LR_FULL,\"lr_lora\":$LR_LORA,\"threads\":$THREADS,\"parallel\":$PARALLEL,\"steps1\":$STEPS1,\"steps2\":$STEPS2,\"phase1_s\":$PHASE1_S,\"phase2_s\":$PHASE2_S,\"max_tokens\":$MAXTOK,\"eval_limit\":${EVAL_LIMIT:-null},\"tiny\":$TINY,\"cores\":$(nproc),\"node\":\"$(node --version)\"}" 2>&1 | tee -a "$LOG"
+  "{\"digits\":$DIGITS,\"train\":$NTRAIN,\"val\":$NVAL,\"test\":$NTEST,\"task_seed\":0,\"init_seed\":0,\"seq_len\":$SEQ,\"batch_size\":$BATCH,\"lr_full\":$LR_FULL,\"lr_lora\":$LR_LORA,\"threads\":$THREADS,\"parallel\":$PARALLEL,\"steps1\":$STEPS1,\"steps2\":$STEPS2,\"phase1_s\":$PHASE1_S,\"phase2_s\":$PHASE2_S,\"max_tokens\":$MAXTOK,\"eval_limit\":${EVAL_LIMIT:-null},\"tiny\":$TINY,\"only\":\"$ONLY\",\"cores\":$(nproc),\"node\":\"$(node --version)\"}" 2>&1 | tee -a "$LOG"
 BEST=$(node "$HERE/helper.mjs" best "$OUT/results.json")
 if [ -n "$BEST" ]; then
   say "best gravity model: $BEST"
