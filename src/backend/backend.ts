@@ -49,8 +49,35 @@ export interface KVCache {
   length: number;
 }
 
+/** The input projections of one attention block (torch Linear layout), as model/qwen2.ts's LayerWeights has them. */
+export interface QKVWeights {
+  q: Tensor; k: Tensor; v: Tensor; // [Hq*D, C], [Hkv*D, C], [Hkv*D, C]
+  qb: Tensor | null; kb: Tensor | null; vb: Tensor | null;
+}
+
+/**
+ * Optional fused pieces of a decoder layer. Each gives the result of the op sequence it names; a backend whose
+ * cost is per kernel launch (webgpu) offers them so that the model issues fewer launches per token.
+ */
+export interface FusedLayerOps {
+  /** [y, h] with y = add(a, b), h = rmsnorm(y, w, eps) */
+  addRmsnorm(a: Tensor, b: Tensor, w: Tensor, eps: number): [Tensor, Tensor];
+  /**
+   * q = rope(linear(h, w.q, w.qb)), k = rope(linear(h, w.k, w.kb)), v = linear(h, w.v, w.vb) (positions,
+   * theta, `numHeads` query heads and the cache's kv heads / head dim); k and v go into the cache as
+   * writeKV(cache, layer, k, v, start, T) puts them. Returns q [N, numHeads * headDim].
+   */
+  qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, numHeads: number, cache: KVCache, layer: number, start: number, T: number): Tensor;
+  /** swiglu(linear(h, gate, gateb), linear(h, up, upb)) */
+  gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null): Tensor;
+}
+
 export interface Backend {
   readonly name: 'cpu' | 'webgpu';
+  /** optional fused layer ops (see FusedLayerOps); the model uses them when present */
+  readonly fused?: FusedLayerOps;
+  /** optional: index of the largest value of each row of x [R, V] (first on ties), without reading x back */
+  argmaxRows?(x: Tensor): Promise<Int32Array>;
 
   /**
    * Upload a host tensor; F16/BF16 stay 16-bit (weights), other floats become F32. `hint` 'linear' says the

@@ -116,7 +116,8 @@ export class Qwen2Model implements CausalLM {
     }
 
     let x = be.embedding(flat, this.weights.embed); // [B*T, C]
-    for (let l = 0; l < c.numLayers; l++) {
+    if (be.fused) x = await this.fusedLayers(x, pos, session, start, T, opts);
+    else for (let l = 0; l < c.numLayers; l++) {
       const w = this.weights.layers[l];
       const h = be.rmsnorm(x, w.inputNorm, c.rmsNormEps); // [B*T, C]
       const q0 = be.linear(h, w.q, w.qb); // [B*T, Hq*D]
@@ -154,7 +155,8 @@ export class Qwen2Model implements CausalLM {
     }
     cache.length = start + T;
     let last = x;
-    if ((opts.logits ?? 'last') === 'last') {
+    const mode = opts.logits ?? 'last';
+    if (mode !== 'all') {
       const rows = new Int32Array(B);
       for (let b = 0; b < B; b++) rows[b] = b * T + T - 1;
       last = be.gatherRows(x, rows); // [B, C]
@@ -164,9 +166,69 @@ export class Qwen2Model implements CausalLM {
     be.dispose(last);
     const logits = be.linear(hn, this.weights.lmHead, null); // [B or B*T, V]
     be.dispose(hn);
+    if (mode === 'argmax') {
+      let ids: Int32Array;
+      if (be.argmaxRows) ids = await be.argmaxRows(logits);
+      else {
+        const all = await be.read(logits); // [B, V]
+        const V = c.vocabSize;
+        ids = new Int32Array(B);
+        for (let b = 0; b < B; b++) {
+          let best = 0;
+          for (let j = 1; j < V; j++) if (all[b * V + j] > all[b * V + best]) best = j;
+          ids[b] = best;
+        }
+      }
+      be.dispose(logits);
+      return Float32Array.from(ids);
+    }
     const out = await be.read(logits);
     be.dispose(logits);
     return out;
+  }
+
+  /**
+   * The decoder layers through the backend's fused ops (same results, fewer kernel launches): the residual add
+   * and the next RMSNorm in one op, q/k/v + RoPE + KV write in one, gate/up + SwiGLU in one. Returns x [B*T, C].
+   */
+  private async fusedLayers(x: Tensor, pos: Int32Array, session: Session, start: number, T: number, opts: ForwardOptions): Promise<Tensor> {
+    const be = this.backend;
+    const f = be.fused!;
+    const c = this.config;
+    const cache = session.cache;
+    let d: Tensor | null = null; // the last MLP output, not yet added to x
+    for (let l = 0; l < c.numLayers; l++) {
+      const w = this.weights.layers[l];
+      let h: Tensor;
+      if (d) {
+        const [x1, h1] = f.addRmsnorm(x, d, w.inputNorm, c.rmsNormEps);
+        be.dispose(x);
+        be.dispose(d);
+        x = x1;
+        h = h1;
+      } else h = be.rmsnorm(x, w.inputNorm, c.rmsNormEps); // [B*T, C]
+      const q = f.qkvRope(h, w, pos, c.ropeTheta, c.numHeads, cache, l, start, T); // [B*T, Hq*D]
+      be.dispose(h);
+      const p = attentionParams(this.attention, c, this.massLog[l], this.eps);
+      if (opts.attentionMaps) opts.attentionMaps.push(await be.attentionProbs(q, cache, l, start, T, p));
+      const a = be.attention(q, cache, l, start, T, p); // [B*T, Hq*D]
+      be.dispose(q);
+      const o = be.linear(a, w.o, w.ob); // [B*T, C]
+      be.dispose(a);
+      const [x1, h2] = f.addRmsnorm(x, o, w.postNorm, c.rmsNormEps);
+      be.dispose(x);
+      be.dispose(o);
+      x = x1;
+      const m = f.gateUp(h2, w.gate, w.gateb, w.up, w.upb); // [B*T, I]
+      be.dispose(h2);
+      d = be.linear(m, w.down, w.downb); // [B*T, C]
+      be.dispose(m);
+    }
+    if (!d) return x;
+    const y = be.add(x, d);
+    be.dispose(x);
+    be.dispose(d);
+    return y;
   }
 
   dispose(): void {

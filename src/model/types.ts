@@ -13,8 +13,12 @@ export interface Session {
 export interface ForwardOptions {
   /** [batch][T], 1 = real token, 0 = padding (left padding only). Default: all ones. */
   attentionMask?: number[][];
-  /** 'last' (default): logits of the last position of each sequence, [batch, vocab]; 'all': [batch, T, vocab]. */
-  logits?: 'last' | 'all';
+  /**
+   * 'last' (default): logits of the last position of each sequence, [batch, vocab]; 'all': [batch, T, vocab];
+   * 'argmax': the greedy token id of each sequence's last position, [batch] (ids as floats; on a GPU only these
+   * few bytes are read back).
+   */
+  logits?: 'last' | 'all' | 'argmax';
   /** collect each layer's attention probabilities [batch, heads, T, start+T] (slow; research tool) */
   attentionMaps?: Float32Array[];
 }

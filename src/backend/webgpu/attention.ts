@@ -86,14 +86,13 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean): string {
       let v = o[i] * inv;
       out[base + d] = v.x; out[base + d + 1u] = v.y; out[base + d + 2u] = v.z; out[base + d + 3u] = v.w;
     }`;
-  return `struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32 }
+  return `struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32, vOff4: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> valid: array<u32>;
-@group(0) @binding(5) var<storage, read> mass: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
+@group(0) @binding(3) var<storage, read> valid: array<u32>;
+@group(0) @binding(4) var<storage, read> mass: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const D = ${c.D}u;
 const D4 = ${c.D / 4}u;
 const DP4 = ${c.D / 4 + 1}u;   // row stride of Qs and KVs in vec4: one vec4 of padding
@@ -140,7 +139,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var e = lid; e < BK * D4; e += NT) {
       let slot = kb + e / D4;
       var v = vec4<f32>();
-      if (slot < k1) { v = kc[(bh * p.maxLen + slot) * D4 + e % D4]; }
+      if (slot < k1) { v = kv[(bh * p.maxLen + slot) * D4 + e % D4]; }
       KVs[(e / D4) * DP4 + e % D4] = v;
     }
     for (var j = lid; j < BK; j += NT) {
@@ -176,7 +175,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var e = lid; e < BK * D4; e += NT) {
       let slot = kb + e / D4;
       var v = vec4<f32>();
-      if (slot < k1) { v = vc[(bh * p.maxLen + slot) * D4 + e % D4]; }
+      if (slot < k1) { v = kv[p.vOff4 + (bh * p.maxLen + slot) * D4 + e % D4]; }
       KVs[(e / D4) * DP4 + e % D4] = v;
     }
     workgroupBarrier();
@@ -255,16 +254,16 @@ export function attentionKernel(
   const split = nsplit > 1;
   const key = `attn:${p.kind}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
   const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split));
-  const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale);
+  const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale).u(c.vOff / 4);
   const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {
-    ctx.dispatch(pl, params, [q, L.k, L.v, c.valid, mass, out], groups);
+    ctx.dispatch(pl, params, [q, L.kv, c.valid, mass, out], groups);
     return;
   }
   const rows = B * T * Hq;
   const partial = ctx.alloc(rows * nsplit * (D + 2) * 4, 'attention partials');
-  ctx.dispatch(pl, params, [q, L.k, L.v, c.valid, mass, partial], groups);
+  ctx.dispatch(pl, params, [q, L.kv, c.valid, mass, partial], groups);
   const cpl = ctx.pipeline(`attn-combine:${D}`, () => combineShader(D));
   ctx.dispatch(cpl, new Params().u(rows * D, nsplit), [partial, out], ctx.grid(Math.ceil((rows * D) / 64)));
   ctx.release(partial);

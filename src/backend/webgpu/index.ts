@@ -3,7 +3,7 @@
  * are f32, and every op only records a dispatch; work is submitted at read()/sync() or every few dozen
  * dispatches (see context.ts), so a forward pass is not one round trip per op.
  */
-import type { AttentionParams, Backend, KVCache, Tensor } from '../backend.js';
+import type { AttentionParams, Backend, FusedLayerOps, KVCache, QKVWeights, Tensor } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { numel, toF32, type HostTensor } from '../../tensor/dtype.js';
 import { ropeInvFreq } from '../cpu/ops.js';
@@ -11,10 +11,11 @@ import { attentionProbs as cpuAttentionProbs } from '../cpu/attention.js';
 import { GpuContext, GpuTensor } from './context.js';
 import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
-import { linearKernel } from './linear.js';
+import { GEMV_MAX_N, linearKernel } from './linear.js';
+import { addRmsnormKernel, argmaxKernel, fusedGemvFits, gateUpGemv, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
-import { asWeightType } from './wgsl.js';
+import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
 export { webgpuAvailable } from './device.js';
@@ -42,6 +43,15 @@ interface RopeTable {
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   private ropeTables = new Map<string, RopeTable>();
+  /** concatenated biases of fused GEMVs, by the first weight of the group; retired when that weight is disposed */
+  private biasCat = new Map<GpuTensor, { buf: GPUBuffer; dt: WDType } | null>();
+  /** (cos, sin) per row of the last positions array the fused q/k/v GEMV saw (one forward = same array for every layer) */
+  private csCache: { pos: Int32Array; D: number; theta: number; copy: Int32Array; cs: Float32Array } | null = null;
+  readonly fused: FusedLayerOps = {
+    addRmsnorm: (a, b, w, eps) => this.addRmsnorm(a, b, w, eps),
+    qkvRope: (h, w, pos, theta, H, cache, layer, start, T) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T),
+    gateUp: (h, g, gb, u, ub) => this.gateUp(h, g, gb, u, ub),
+  };
 
   constructor(readonly ctx: GpuContext, readonly adapterName: string, readonly features: string[]) {}
 
@@ -79,6 +89,11 @@ export class WebGPUBackend implements Backend {
   dispose(x: Tensor | KVCache): void {
     if (x instanceof GpuKVCache) return x.destroy();
     const t = g(x as Tensor);
+    const cat = this.biasCat.get(t);
+    if (cat !== undefined) {
+      if (cat) this.ctx.retire(cat.buf);
+      this.biasCat.delete(t);
+    }
     if (!t.buffer) return;
     if (t.pooled) this.ctx.release(t.buffer);
     else this.ctx.retire(t.buffer); // destroyed after the dispatches recorded so far are submitted
@@ -188,6 +203,141 @@ export class WebGPUBackend implements Backend {
     return buffer;
   }
 
+  private addRmsnorm(a: Tensor, b: Tensor, w: Tensor, eps: number): [Tensor, Tensor] {
+    const x = needF32(a, 'addRmsnorm', 'a');
+    const z = needF32(b, 'addRmsnorm', 'b');
+    const wt = g(w);
+    const [N, C] = x.shape;
+    if (numel(z.shape) !== N * C) throw new GravityError(`add: shapes ${shapeStr(x.shape)} and ${shapeStr(z.shape)} differ`);
+    if (numel(wt.shape) !== C) throw new GravityError(`rmsnorm: weight ${shapeStr(wt.shape)} does not match x ${shapeStr(x.shape)}`);
+    const y = this.out([N, C]);
+    const h = this.out([N, C]);
+    addRmsnormKernel(this.ctx, x.buf, z.buf, wt.buf, asWeightType(wt.dtype, 'rmsnorm weight'), y.buf, h.buf, N, C, eps);
+    return [y, h];
+  }
+
+  /**
+   * One buffer [b0; b1; ...] of biases in one width (missing ones as zeros), made once per weight group with
+   * GPU copies; null when there are no biases, undefined when their widths differ (then the caller does not fuse).
+   */
+  private concatBias(key: GpuTensor, parts: { b: Tensor | null; rows: number }[]): { buf: GPUBuffer; dt: WDType } | null | undefined {
+    const hit = this.biasCat.get(key);
+    if (hit !== undefined) return hit;
+    const present = parts.filter((p) => p.b).map((p) => g(p.b!));
+    if (present.length === 0) {
+      this.biasCat.set(key, null);
+      return null;
+    }
+    const dt = asWeightType(present[0].dtype, 'bias');
+    if (present.some((t) => t.dtype !== dt)) return undefined;
+    const w = dt === 'F32' ? 4 : 2;
+    if (parts.some((p) => (p.rows * w) % 4 !== 0)) return undefined;
+    const total = parts.reduce((a, p) => a + p.rows, 0);
+    const buf = this.ctx.createFilled(new Uint8Array(total * w), 'concatenated biases');
+    let off = 0;
+    for (const p of parts) {
+      if (p.b) this.ctx.copy(g(p.b).buf, 0, buf, off * w, p.rows * w);
+      off += p.rows;
+    }
+    const r = { buf, dt };
+    this.biasCat.set(key, r);
+    return r;
+  }
+
+  /** (cos, sin) [N, D/2] of HF's f32 angles, in f64 like the rope table, reused across a forward's layers */
+  private ropeCS(pos: Int32Array, D: number, theta: number): Float32Array {
+    const c = this.csCache;
+    if (c && c.pos === pos && c.D === D && c.theta === theta && c.copy.length === pos.length && c.copy.every((v, i) => v === pos[i])) return c.cs;
+    const inv = ropeInvFreq(D, theta);
+    const half = D / 2;
+    const cs = new Float32Array(pos.length * D);
+    for (let n = 0; n < pos.length; n++) {
+      for (let i = 0; i < half; i++) {
+        const a = Math.fround(pos[n] * inv[i]);
+        cs[2 * (n * half + i)] = Math.cos(a);
+        cs[2 * (n * half + i) + 1] = Math.sin(a);
+      }
+    }
+    this.csCache = { pos, D, theta, copy: pos.slice(), cs };
+    return cs;
+  }
+
+  private qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, Hq: number, cache: KVCache, layer: number, start: number, T: number): Tensor {
+    const c = this.cache(cache);
+    const x = needF32(h, 'qkvRope', 'h');
+    const [N, IN] = x.shape;
+    const D = c.headDim;
+    const Hkv = c.numKVHeads;
+    const wq = g(w.q), wk = g(w.k), wv = g(w.v);
+    const dt = asWeightType(wq.dtype, 'linear weight');
+    const shapesOk = wq.shape[0] === Hq * D && wk.shape[0] === Hkv * D && wv.shape[0] === Hkv * D && wq.shape[1] === IN && wk.shape[1] === IN && wv.shape[1] === IN;
+    if (!shapesOk) throw new GravityError(`qkvRope: weights ${shapeStr(wq.shape)}, ${shapeStr(wk.shape)}, ${shapeStr(wv.shape)} do not match ${Hq}/${Hkv} heads of ${D} over ${IN} inputs`);
+    if (positions.length !== N || N !== c.batch * T) throw new GravityError(`qkvRope: ${N} rows, ${positions.length} positions, batch ${c.batch} x ${T} tokens`);
+    if (layer < 0 || layer >= c.numLayers) throw new GravityError(`qkvRope: layer ${layer} outside [0, ${c.numLayers})`);
+    if (start < 0 || start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
+    const L = c.layers[layer];
+    const q = this.out([N, Hq * D]);
+    const sameDt = wk.dtype === wq.dtype && wv.dtype === wq.dtype;
+    const bias = N <= GEMV_MAX_N && sameDt && D % 8 === 0 && fusedGemvFits(IN, dt)
+      ? this.concatBias(wq, [{ b: w.qb, rows: Hq * D }, { b: w.kb, rows: Hkv * D }, { b: w.vb, rows: Hkv * D }])
+      : undefined;
+    if (bias !== undefined) {
+      const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+      qkvRopeGemv(this.ctx, {
+        x: x.buf, wq: wq.buf, wk: wk.buf, wv: wv.buf, dt, bias: bias?.buf ?? null, bdt: bias?.dt ?? null,
+        cs: this.ropeCS(positions, D, theta), q: q.buf, kv: L.kv,
+        N, IN, Hq, Hkv, D, T, maxLen: c.maxLen, start, vOff: c.vOff,
+      }, NB);
+      return q;
+    }
+    // prefill (or shapes the GEMV does not take): the projections, then RoPE and the KV write in one kernel
+    const q0 = g(this.linear(h, w.q, w.qb));
+    const k0 = g(this.linear(h, w.k, w.kb));
+    const v0 = g(this.linear(h, w.v, w.vb));
+    let maxPos = 0;
+    for (const p of positions) maxPos = Math.max(maxPos, Math.abs(p));
+    const table = this.ropeTable(D, theta, maxPos);
+    ropeWriteKVKernel(this.ctx, q0.buf, k0.buf, v0.buf, positions, table, q.buf, L.kv, N, Hq, Hkv, D, T, c.maxLen, start, c.vOff);
+    this.dispose(q0);
+    this.dispose(k0);
+    this.dispose(v0);
+    return q;
+  }
+
+  private gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null): Tensor {
+    const x = needF32(h, 'gateUp', 'h');
+    const [N, IN] = x.shape;
+    const wg = g(gate), wu = g(up);
+    const I = wg.shape[0];
+    const dt = asWeightType(wg.dtype, 'linear weight');
+    const ok = N <= GEMV_MAX_N && wu.dtype === wg.dtype && wu.shape[0] === I && wg.shape[1] === IN && wu.shape[1] === IN && fusedGemvFits(IN, dt);
+    const bias = ok ? this.concatBias(wg, [{ b: gateb, rows: I }, { b: upb, rows: I }]) : undefined;
+    if (bias === undefined) {
+      const gt = this.linear(h, gate, gateb);
+      const ut = this.linear(h, up, upb);
+      const y = this.swiglu(gt, ut);
+      this.dispose(gt);
+      this.dispose(ut);
+      return y;
+    }
+    const y = this.out([N, I]);
+    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+    gateUpGemv(this.ctx, x.buf, wg.buf, wu.buf, dt, bias?.buf ?? null, bias?.dt ?? null, y.buf, N, NB, IN, I);
+    return y;
+  }
+
+  /** Greedy ids: argmax of each row of x [R, V] on the GPU; only R * 4 bytes come back. */
+  async argmaxRows(x: Tensor): Promise<Int32Array> {
+    const t = needF32(x, 'argmaxRows', 'x');
+    const V = t.shape[t.shape.length - 1];
+    const R = numel(t.shape) / V;
+    const out = this.ctx.alloc(R * 4, 'argmax ids');
+    argmaxKernel(this.ctx, t.buf, out, R, V);
+    const raw = await this.ctx.readBuffer(out, 0, R * 4);
+    this.ctx.release(out);
+    return new Int32Array(raw);
+  }
+
   createKVCache(numLayers: number, batch: number, maxLen: number, numKVHeads: number, headDim: number): KVCache {
     return new GpuKVCache(this.ctx, numLayers, batch, maxLen, numKVHeads, headDim);
   }
@@ -226,7 +376,7 @@ export class WebGPUBackend implements Backend {
     const L = c.layers[layer];
     const slots = c.batch * c.numKVHeads * c.maxLen;
     const qh = await this.read(q);
-    const k = new Float32Array(await this.ctx.readBuffer(L.k, 0, slots * c.headDim * 4));
+    const k = new Float32Array(await this.ctx.readBuffer(L.kv, 0, slots * c.headDim * 4));
     // |k|² in f64 from the keys themselves, as the CPU cache keeps it
     const D = c.headDim;
     const kn = new Float64Array(slots);

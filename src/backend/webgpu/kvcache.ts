@@ -1,8 +1,9 @@
 /**
- * The KV cache on the GPU: per layer k, v [B, Hkv, maxLen, D] f32 and squared key norms kn [B, Hkv, maxLen]
- * (the cache layout of backend.ts). The GPU attention does not read kn: it sums |q - k|² directly, which
- * does not cancel in f32 the way |q|² + |k|² - 2 q·k does; kn costs one float per slot and keeps the layout
- * the same as the cpu backend's. The host keyValid mask is uploaded only when it differs from the last upload.
+ * The KV cache on the GPU: per layer ONE buffer holding k then v, each [B, Hkv, maxLen, D] f32 (v starts at
+ * element `vOff`), so that a kernel needs one binding for both (the fused q/k/v projection already binds 8
+ * storage buffers, the WebGPU default limit). No squared key norms: the GPU attention sums |q - k|² directly,
+ * which does not cancel in f32 the way |q|² + |k|² - 2 q·k does, and attentionProbs recomputes them from k.
+ * The host keyValid mask is uploaded only when it differs from the last upload.
  */
 import { GravityError } from '../../errors.js';
 import type { KVCache } from '../backend.js';
@@ -10,9 +11,8 @@ import { Params, USAGE, type GpuContext } from './context.js';
 import { FLAT_WG } from './wgsl.js';
 
 export interface GpuKVLayer {
-  k: GPUBuffer;
-  v: GPUBuffer;
-  kn: GPUBuffer;
+  /** k [B, Hkv, maxLen, D] at element 0, v at element vOff */
+  kv: GPUBuffer;
 }
 
 export class GpuKVCache implements KVCache {
@@ -20,6 +20,8 @@ export class GpuKVCache implements KVCache {
   readonly keyValid: Uint8Array;
   readonly layers: GpuKVLayer[] = [];
   readonly valid: GPUBuffer; // u32 [B, maxLen]
+  /** element offset of v in each layer's buffer (= B * Hkv * maxLen * D) */
+  readonly vOff: number;
   private uploaded: Uint8Array;
 
   constructor(
@@ -31,24 +33,24 @@ export class GpuKVCache implements KVCache {
     this.uploaded = new Uint8Array(batch * maxLen);
     const slots = batch * numKVHeads * maxLen;
     const usage = USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST;
-    ctx.checkSize(slots * headDim * 4, `KV cache layer [${batch}, ${numKVHeads}, ${maxLen}, ${headDim}] f32`);
+    this.vOff = slots * headDim;
+    ctx.checkSize(2 * slots * headDim * 4, `KV cache layer 2 x [${batch}, ${numKVHeads}, ${maxLen}, ${headDim}] f32`);
     const dev = ctx.device;
-    for (let l = 0; l < numLayers; l++) {
-      // new buffers are zero-filled by WebGPU, matching the all-invalid mask
-      this.layers.push({
-        k: dev.createBuffer({ size: slots * headDim * 4, usage }),
-        v: dev.createBuffer({ size: slots * headDim * 4, usage }),
-        kn: dev.createBuffer({ size: Math.max(slots * 4, 16), usage }),
-      });
-    }
+    // new buffers are zero-filled by WebGPU, matching the all-invalid mask
+    for (let l = 0; l < numLayers; l++) this.layers.push({ kv: dev.createBuffer({ size: Math.max(2 * slots * headDim * 4, 16), usage }) });
     this.valid = dev.createBuffer({ size: Math.max(batch * maxLen * 4, 16), usage });
   }
 
   /** Uploads the mask if the host copy changed since the last upload. */
   syncMask(): void {
     const kv = this.keyValid;
+    // called once per layer: compare 4 bytes at a time (both arrays are fresh, so 4-aligned)
+    const n4 = kv.length >> 2;
+    const a = new Uint32Array(kv.buffer, kv.byteOffset, n4);
+    const b = new Uint32Array(this.uploaded.buffer, this.uploaded.byteOffset, n4);
     let same = true;
-    for (let i = 0; i < kv.length; i++) if (kv[i] !== this.uploaded[i]) { same = false; break; }
+    for (let i = 0; i < n4; i++) if (a[i] !== b[i]) { same = false; break; }
+    for (let i = n4 * 4; same && i < kv.length; i++) if (kv[i] !== this.uploaded[i]) same = false;
     if (same) return;
     this.ctx.writeNow(this.valid, 0, Uint32Array.from(kv));
     this.uploaded.set(kv);
@@ -56,25 +58,22 @@ export class GpuKVCache implements KVCache {
 
   destroy(): void {
     this.ctx.flush();
-    for (const l of this.layers) l.k.destroy(), l.v.destroy(), l.kn.destroy();
+    for (const l of this.layers) l.kv.destroy();
     this.layers.length = 0;
     this.valid.destroy();
   }
 }
 
-/** k, v [B*T, Hkv*D] -> slots [start, start+T): one 64-thread workgroup per (row, kv head), |k|² reduced on the way. */
+/** k, v [B*T, Hkv*D] -> slots [start, start+T): one 64-thread workgroup per (row, kv head). */
 export function writeKVKernel(ctx: GpuContext, c: GpuKVCache, layer: number, k: GPUBuffer, v: GPUBuffer, start: number, T: number): void {
   if (layer < 0 || layer >= c.numLayers) throw new GravityError(`writeKV: layer ${layer} outside [0, ${c.numLayers})`);
   if (start < 0 || start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
   const L = c.layers[layer];
-  const pl = ctx.pipeline('writekv', () => `struct P { T: u32, H: u32, D: u32, maxLen: u32, start: u32 }
+  const pl = ctx.pipeline('writekv', () => `struct P { T: u32, H: u32, D: u32, maxLen: u32, start: u32, vOff: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> kn: array<f32>;
-var<workgroup> red: array<f32, 64>;
+@group(0) @binding(3) var<storage, read_write> kv: array<f32>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
@@ -84,21 +83,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let t = row - b * p.T;
   let src = (row * p.H + h) * p.D;
   let slot = (b * p.H + h) * p.maxLen + p.start + t;
-  var ss = 0.0;
   for (var d = lid; d < p.D; d += 64u) {
-    let kv = k[src + d];
-    kc[slot * p.D + d] = kv;
-    vc[slot * p.D + d] = v[src + d];
-    ss += kv * kv;
+    kv[slot * p.D + d] = k[src + d];
+    kv[p.vOff + slot * p.D + d] = v[src + d];
   }
-  red[lid] = ss;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  if (lid == 0u) { kn[slot] = red[0]; }
 }`);
-  const params = new Params().u(T, c.numKVHeads, c.headDim, c.maxLen, start);
-  ctx.dispatch(pl, params, [k, v, L.k, L.v, L.kn], ctx.grid(c.batch * T * c.numKVHeads));
+  const params = new Params().u(T, c.numKVHeads, c.headDim, c.maxLen, start, c.vOff);
+  ctx.dispatch(pl, params, [k, v, L.kv], ctx.grid(c.batch * T * c.numKVHeads));
 }

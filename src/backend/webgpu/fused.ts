@@ -1,0 +1,311 @@
+/**
+ * Fused pieces of a decoder layer (Backend.fused). Decode is bound by the host, not the GPU: every dispatch costs
+ * tens of microseconds of encoding in Dawn's node binding against ~3.5 µs on the GPU, so a token's ~620 dispatches
+ * took ~18 ms of wall time for ~6 ms of GPU work. These kernels cut a layer from 17 dispatches to 8:
+ *  - addRmsnorm: y = a + b and h = rmsnorm(y) * w, one pass over each row (the residual add and the next norm).
+ *  - qkv GEMV (N <= GEMV_MAX_N): the q, k and v projections (+ bias) in ONE dispatch; each q/k workgroup owns
+ *    4 RoPE pairs (i, i + D/2) of one head, so the rotation is done in the epilogue, and k, v are written
+ *    straight into the cache slots. Replaces 3 GEMVs, 2 ropes and writeKV.
+ *  - gate/up GEMV with the SwiGLU epilogue: each workgroup owns 4 gate rows and the 4 matching up rows.
+ *  - prefill (N > GEMV_MAX_N): the GEMMs stay, then one kernel does RoPE on q and k and the KV write.
+ * Results equal the unfused ops' (same f32 operations in the same order per output).
+ */
+import { Params, type Binding, type GpuContext } from './context.js';
+import { FLAT_WG, scalarLoad, vectorLoad, type WDType } from './wgsl.js';
+
+const LANES = 32;
+const WARPS = 8;
+const WG = LANES * WARPS;
+const UNROLL = 4;
+
+/** y = a + b, h = rmsnorm(y) * w: one workgroup per row; bitwise the same as add then rmsnorm */
+export function addRmsnormKernel(
+  ctx: GpuContext, a: GPUBuffer, b: GPUBuffer, w: GPUBuffer, wdt: WDType, y: GPUBuffer, h: GPUBuffer, N: number, C: number, eps: number,
+): void {
+  const pl = ctx.pipeline(`add-rmsnorm:${wdt}`, () => `struct P { C: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+${scalarLoad('w', 3, wdt)}
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> h: array<f32>;
+var<workgroup> red: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  let base = wg * p.C;
+  var ss = 0.0;
+  for (var i = lid; i < p.C; i += ${WG}u) { let v = a[base + i] + b[base + i]; y[base + i] = v; ss += v * v; }
+  red[lid] = ss;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = 1.0 / sqrt(red[0] / f32(p.C) + p.eps);
+  for (var i = lid; i < p.C; i += ${WG}u) { h[base + i] = ((a[base + i] + b[base + i]) * r) * ld_w(i); }
+}`);
+  ctx.dispatch(pl, new Params().u(C).f(eps), [a, b, w, y, h], ctx.grid(N));
+}
+
+/** true when the fused GEMV can read x and the weights with vector loads */
+export function fusedGemvFits(IN: number, dt: WDType): boolean {
+  return IN % (dt === 'F32' ? 4 : 8) === 0;
+}
+
+/** one warp's dot products of weight row `row` (binding `w`) with the N rows of x, accumulated into acc */
+function dotBody(w: string, dt: WDType, NB: number): string {
+  const guard = NB === 1 ? '' : 'if (n < p.N) ';
+  const f32 = dt === 'F32';
+  const KV = f32 ? 'K4' : 'K8';
+  const accum = (u: string) =>
+    f32
+      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, x[n * K4 + k${u}]); } }`
+      : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${u}]) + dot(b, x[n * K4 + 2u * k${u} + 1u]); } } }`;
+  // UNROLL independent vector loads per lane before any arithmetic: more bytes in flight per warp
+  const loads = Array.from({ length: UNROLL }, (_, u) => `let k${u} = k + ${u * LANES}u; let w${u} = ${w}[base + k${u}];`).join('\n      ');
+  const sums = Array.from({ length: UNROLL }, (_, u) => accum(String(u))).join('\n      ');
+  return `{
+    let base = row * ${KV};
+    var k = lane;
+    for (; k + ${(UNROLL - 1) * LANES}u < ${KV}; k += ${UNROLL * LANES}u) {
+      ${loads}
+      ${sums}
+    }
+    for (; k < ${KV}; k += ${LANES}u) {
+      let k0 = k;
+      let w0 = ${w}[base + k];
+      ${accum('0')}
+    }
+  }`;
+}
+
+const REDUCE = (NB: number) => `for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] = acc[n]; }
+  workgroupBarrier();
+  for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] += red[n * ${WG}u + lid + s]; }
+    }
+    workgroupBarrier();
+  }`;
+
+/**
+ * q/k/v GEMV + bias + RoPE + KV write. Workgroups: Rq/8 for q, Rk/8 for k, Rk/8 for v (Rq = Hq*D, Rk = Hkv*D).
+ * In a q or k workgroup, warp r computes row head*D + blk*4 + (r & 3) + (r >> 2) * D/2: warps r and r + 4 hold
+ * a RoPE pair. Bindings: x, wq, wk, wv, cs (cos, sin per row and pair, from the arena), q out, kv cache[, bias].
+ */
+function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number): string {
+  const half = D / 2;
+  const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
+  return `struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
+@group(0) @binding(5) var<storage, read> cs: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> q: array<f32>;
+@group(0) @binding(7) var<storage, read_write> kv: array<f32>;
+${bias ? scalarLoad('bias', 8, bias) : ''}
+const D = ${D}u;
+const HALF = ${half}u;
+var<workgroup> red: array<f32, ${NB * WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  if (wg >= p.groups) { return; }
+  let lane = lid % ${LANES}u;
+  let r = lid / ${LANES}u;
+  let gq = p.Rq / 8u;
+  let gk = p.Rk / 8u;
+  var seg = 0u;
+  var s = wg;
+  if (wg >= gq + gk) { seg = 2u; s = wg - gq - gk; } else if (wg >= gq) { seg = 1u; s = wg - gq; }
+  var row = s * 8u + r;
+  if (seg < 2u) { row = (s / (D / 8u)) * D + (s % (D / 8u)) * 4u + (r & 3u) + (r >> 2u) * HALF; }
+  let K4 = p.IN / 4u;
+  ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+  var acc: array<f32, ${NB}>;
+  if (seg == 0u) ${dotBody('wq', dt, NB)} else if (seg == 1u) ${dotBody('wk', dt, NB)} else ${dotBody('wv', dt, NB)}
+  ${REDUCE(NB)}
+  if (lane != 0u) { return; }
+  let bo = select(select(0u, p.Rq, seg == 1u), p.Rq + p.Rk, seg == 2u);   // bias offset of the segment
+  for (var n = 0u; n < ${NB}u; n++) {
+    if (n >= p.N) { break; }
+    let bb = n / p.T;
+    let t = n - bb * p.T;
+    let val = red[n * ${WG}u + lid]${b('bo + row')};
+    let hd = row / D;
+    let slot = (bb * p.Hkv + hd) * p.maxLen + p.start + t;
+    if (seg == 2u) {
+      kv[p.vOff + slot * D + row % D] = val;
+    } else if (r < 4u) {
+      let x2 = red[n * ${WG}u + lid + ${4 * LANES}u]${b('bo + row + HALF')};
+      let i = row % D;
+      let c = cs[n * HALF + i];
+      let y1 = val * c.x - x2 * c.y;
+      let y2 = x2 * c.x + val * c.y;
+      if (seg == 0u) {
+        q[n * p.Rq + row] = y1;
+        q[n * p.Rq + row + HALF] = y2;
+      } else {
+        kv[slot * D + i] = y1;
+        kv[slot * D + i + HALF] = y2;
+      }
+    }
+  }
+}`;
+}
+
+export interface QKVArgs {
+  x: GPUBuffer; wq: GPUBuffer; wk: GPUBuffer; wv: GPUBuffer; dt: WDType;
+  /** [bq; bk; bv] in one buffer, or null */
+  bias: GPUBuffer | null; bdt: WDType | null;
+  /** (cos, sin) [N, D/2] of each row's position */
+  cs: Float32Array;
+  q: GPUBuffer; kv: GPUBuffer;
+  N: number; IN: number; Hq: number; Hkv: number; D: number; T: number; maxLen: number; start: number; vOff: number;
+}
+
+export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
+  const Rq = a.Hq * a.D;
+  const Rk = a.Hkv * a.D;
+  const groups = (Rq + 2 * Rk) / 8;
+  const pl = ctx.pipeline(`qkv-rope:${NB}:${a.dt}:${a.bdt}:${a.D}`, () => qkvShader(NB, a.dt, a.bias ? a.bdt : null, a.D));
+  const params = new Params().u(a.IN, a.N, Rq, Rk, a.T, a.maxLen, a.start, a.Hkv, a.vOff, groups);
+  const binds: Binding[] = [a.x, a.wq, a.wk, a.wv, { data: a.cs }, a.q, a.kv];
+  if (a.bias) binds.push(a.bias);
+  ctx.dispatch(pl, params, binds, ctx.grid(groups));
+}
+
+/** gate/up GEMV + SwiGLU: workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
+function gateUpShader(NB: number, dt: WDType, bias: WDType | null): string {
+  return `struct P { IN: u32, N: u32, I: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${bias ? scalarLoad('bias', 5, bias) : ''}
+var<workgroup> red: array<f32, ${NB * WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  let lane = lid % ${LANES}u;
+  let r = lid / ${LANES}u;
+  let row = wg * 4u + (r & 3u);
+  let K4 = p.IN / 4u;
+  ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+  var acc: array<f32, ${NB}>;
+  if (row < p.I) {
+    if (r < 4u) ${dotBody('wgate', dt, NB)} else ${dotBody('wup', dt, NB)}
+  }
+  ${REDUCE(NB)}
+  if (lane != 0u || r >= 4u || row >= p.I) { return; }
+  for (var n = 0u; n < ${NB}u; n++) {
+    if (n >= p.N) { break; }
+    let g = red[n * ${WG}u + lid]${bias ? ' + ld_bias(row)' : ''};
+    let u = red[n * ${WG}u + lid + ${4 * LANES}u]${bias ? ' + ld_bias(p.I + row)' : ''};
+    y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
+  }
+}`;
+}
+
+export function gateUpGemv(
+  ctx: GpuContext, x: GPUBuffer, wg: GPUBuffer, wu: GPUBuffer, dt: WDType, bias: GPUBuffer | null, bdt: WDType | null,
+  y: GPUBuffer, N: number, NB: number, IN: number, I: number,
+): void {
+  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}`, () => gateUpShader(NB, dt, bias ? bdt : null));
+  const binds: Binding[] = [x, wg, wu, y];
+  if (bias) binds.push(bias);
+  ctx.dispatch(pl, new Params().u(IN, N, I), binds, ctx.grid(Math.ceil(I / 4)));
+}
+
+/**
+ * Prefill: q0 [N, Hq*D], k0, v0 [N, Hkv*D] from the GEMMs -> q = rope(q0), cache k = rope(k0), cache v = v0.
+ * One 64-thread workgroup per (row, head of q, k or v). cos/sin from the backend's rope table, as ropeKernel.
+ */
+export function ropeWriteKVKernel(
+  ctx: GpuContext, q0: GPUBuffer, k0: GPUBuffer, v0: GPUBuffer, positions: Int32Array, table: GPUBuffer,
+  q: GPUBuffer, kv: GPUBuffer, N: number, Hq: number, Hkv: number, D: number, T: number, maxLen: number, start: number, vOff: number,
+): void {
+  const pl = ctx.pipeline(`rope-writekv:${D}`, () => `struct P { Hq: u32, Hkv: u32, T: u32, maxLen: u32, start: u32, vOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> q0: array<f32>;
+@group(0) @binding(2) var<storage, read> k0: array<f32>;
+@group(0) @binding(3) var<storage, read> v0: array<f32>;
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read> cs: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> q: array<f32>;
+@group(0) @binding(7) var<storage, read_write> kv: array<f32>;
+const D = ${D}u;
+const HALF = ${D / 2}u;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  let HT = p.Hq + 2u * p.Hkv;
+  let hh = wg % HT;
+  let row = wg / HT;
+  let bb = row / p.T;
+  let t = row - bb * p.T;
+  let ps = pos[row];
+  if (hh >= p.Hq + p.Hkv) {
+    let h = hh - p.Hq - p.Hkv;
+    let slot = (bb * p.Hkv + h) * p.maxLen + p.start + t;
+    for (var d = lid; d < D; d += 64u) { kv[p.vOff + slot * D + d] = v0[(row * p.Hkv + h) * D + d]; }
+    return;
+  }
+  for (var i = lid; i < HALF; i += 64u) {
+    let c = cs[u32(abs(ps)) * HALF + i];
+    let sn = select(c.y, -c.y, ps < 0);
+    if (hh < p.Hq) {
+      let o = (row * p.Hq + hh) * D + i;
+      let x1 = q0[o];
+      let x2 = q0[o + HALF];
+      q[o] = x1 * c.x - x2 * sn;
+      q[o + HALF] = x2 * c.x + x1 * sn;
+    } else {
+      let h = hh - p.Hq;
+      let o = (row * p.Hkv + h) * D + i;
+      let x1 = k0[o];
+      let x2 = k0[o + HALF];
+      let slot = (bb * p.Hkv + h) * p.maxLen + p.start + t;
+      kv[slot * D + i] = x1 * c.x - x2 * sn;
+      kv[slot * D + i + HALF] = x2 * c.x + x1 * sn;
+    }
+  }
+}`);
+  const params = new Params().u(Hq, Hkv, T, maxLen, start, vOff);
+  ctx.dispatch(pl, params, [q0, k0, v0, { data: positions }, table, q, kv], ctx.grid(N * (Hq + 2 * Hkv)));
+}
+
+/** Index of the largest value of each row of x [R, V] (the first one on ties, as a host loop with `>` finds). */
+export function argmaxKernel(ctx: GpuContext, x: GPUBuffer, out: GPUBuffer, R: number, V: number): void {
+  const pl = ctx.pipeline('argmax', () => `struct P { V: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let base = wid.x * p.V;
+  var best = -3.4e38;
+  var idx = 0xffffffffu;
+  for (var i = lid; i < p.V; i += 256u) {
+    let v = x[base + i];
+    if (v > best || idx == 0xffffffffu) { best = v; idx = i; }
+  }
+  bv[lid] = best;
+  bi[lid] = idx;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let v = bv[lid + s];
+      let j = bi[lid + s];
+      if (j != 0xffffffffu && (bi[lid] == 0xffffffffu || v > bv[lid] || (v == bv[lid] && j < bi[lid]))) { bv[lid] = v; bi[lid] = j; }
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { out[wid.x] = select(bi[0], 0u, bi[0] == 0xffffffffu); }
+}`);
+  ctx.dispatch(pl, new Params().u(V), [x, out], [R]);
+}
