@@ -105,7 +105,7 @@ const settingOf = (r) => {
   return parts.join(', ');
 };
 const row = (r, label = r.name) =>
-  `| ${label} | ${settingOf(r)} | ${r.steps} | ${(r.input_tokens / 1000).toFixed(0)}k | ${num(r.train_s, 0)} s | ${num(r.val_loss)} | ${pct(r.accuracy)} (${r.correct ?? '–'}/${r.total ?? '–'}) | ${yes(r)} | ${r.seed} |`;
+  `| ${label} | ${settingOf(r)} | ${r.steps} | ${(r.input_tokens / 1000).toFixed(0)}k | ${num(r.train_s, 0)} s | ${num(r.val_loss)}${r.val_loss_step !== null && r.val_loss_step < r.steps ? ` (step ${r.val_loss_step})` : ''} | ${pct(r.accuracy)} (${r.correct ?? '–'}/${r.total ?? '–'}) | ${yes(r)} | ${r.seed} |`;
 const HEAD = '| run | setting | steps | tokens | train time | val loss | test accuracy | diverged | seed |\n|---|---|---|---|---|---|---|---|---|';
 const pick = (...names) => names.map((n) => runs.get(n)).filter(Boolean);
 
@@ -128,7 +128,7 @@ md.push(
   `- Training: AdamW, windows of ${S.seq_len} tokens (whole problems packed, loss on the assistant turns), batch ${S.batch_size}, ` +
     `lr ${S.lr_full} (full) / ${S.lr_lora} (LoRA r 16, alpha 32 on q,k,v,o; masses trained), 5% warm-up then cosine to 10%, ` +
     `weight decay 0.01 on the matrices of full runs. Phase 1 (from scratch): ${S.steps1} steps; phase 2 (conversions of base-dot): ${S.steps2} steps.`,
-  '- Validation loss: mean cross-entropy over the assistant tokens of the validation split, at the end of training.',
+  '- Validation loss: mean cross-entropy over the assistant tokens of the validation split, at the end of training (measured at step 0, halfway and at the end; a run stopped early shows the step of its last measurement).',
   "- Diverged: the run stopped on a non-finite loss, or its train loss over the last tenth of the steps rose more than 0.5 nats above its best tenth, or the final validation loss is above the one at step 0.",
   '- Seed: the order of the data and the LoRA initialisation (`gravity train --seed`); the weights of every from-scratch run start from the same seed-0 init.',
   '',

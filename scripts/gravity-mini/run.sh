@@ -164,8 +164,8 @@ do_train() {
   echo "{\"exit_code\": $rc, \"wall_ms\": $(( $(ms) - s ))}" > "$TR_DIR/$name/status.json"
 }
 
-EVAL_PER_RUN=4   # validation at step 0, 1/3, 2/3 and the end
-eval_every() { local e=$(( ($1 + 2) / 3 )); [ "$e" -lt 1 ] && e=1; echo "$e"; }
+EVAL_PER_RUN=3   # validation at step 0, halfway and the end (each costs ~10 steps: they are not free)
+eval_every() { local e=$(( ($1 + 1) / 2 )); [ "$e" -lt 1 ] && e=1; echo "$e"; }
 
 cd "$WORK"
 mkdir -p runs
