@@ -28,7 +28,7 @@ HERE="$ROOT/scripts/gravity-mini"
 OUT=""
 PHASE1_S=200       # wall seconds of phase 1 (7 runs at once)
 PHASE2_S=140       # wall seconds of phase 2 (7 runs at once)
-DEADLINE_S=530     # the whole script, from its start: runs are stopped (and evaluation cut) to end by then
+DEADLINE_S=520     # the whole script, from its start: runs are stopped (and evaluation cut) to end by then
 STEPS1=""
 STEPS2=""
 PARALLEL=8
@@ -252,7 +252,7 @@ if [ -n "$BEST" ]; then
   rm -rf best
   node "$HERE/helper.mjs" export "$WORK" "$BEST" "$WORK/best" 2>&1 | tee -a "$LOG"
   # check the exported folder answers like the run did (no --model flags beyond the folder itself)
-  timeout -k 5 "$(clamp $(( $(left) - 10 )) 15 300)" node "$CLI" task eval --model best --data data/test.jsonl --max-tokens "$MAXTOK" --json ${EVAL_LIMIT:+--limit $EVAL_LIMIT} > best/eval.json 2>> "$LOG" || say "exported model failed its evaluation"
+  timeout -k 5 "$(clamp $(( $(left) - 10 )) 15 300)" node "$CLI" task eval --model best --data data/test.jsonl --max-tokens "$MAXTOK" --json --limit "${EVAL_LIMIT:-100}" > best/eval.json 2>> "$LOG" || say "exported model failed its evaluation"
   say "exported: $(cat best/eval.json 2>/dev/null | head -c 200)"
   tar -C "$WORK" -czf "$OUT/best-model.tar.gz" best
 else
