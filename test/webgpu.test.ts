@@ -206,6 +206,77 @@ describe('webgpu backend', () => {
     close(await be.read(t), x, 'chained rope', 1e-4);
   });
 
+  describe('fused layer ops equal the op sequences they replace', () => {
+    /** the cache layer's k and v as [slots * D] each (they share one buffer: k, then v) */
+    async function readKV(c: ReturnType<WebGPUBackend['createKVCache']>): Promise<Float32Array> {
+      const L = (c as unknown as { layers: { kv: GPUBuffer }[] }).layers[0];
+      return new Float32Array(await be.ctx.readBuffer(L.kv, 0, 2 * c.batch * c.numKVHeads * c.maxLen * c.headDim * 4));
+    }
+    const up = (x: Float32Array, shape: number[], dt: DType) => be.upload(fromF32(x, shape, dt));
+    for (const dt of DTYPES) {
+      // N = 1, 3 (GEMV bucket 4), 8 (largest GEMV), 12 (GEMM path); D = 16 and the 3B's D = 128
+      for (const [N, D, bias] of [[1, 16, true], [3, 16, false], [8, 16, true], [12, 16, true], [1, 128, true], [2, 128, false]] as const) {
+        test(`qkvRope, gateUp, addRmsnorm: ${dt}, ${N} rows, D=${D}, ${bias ? '' : 'no '}bias`, async () => {
+          const B = N === 12 ? 2 : N; // 12 rows = batch 2 x 6 tokens
+          const T = N / B;
+          const Hq = 4, Hkv = 2, C = 64, I = 40, maxLen = 16, start = 5;
+          const seed = N * 1000 + D + (bias ? 7 : 0) + DTYPES.indexOf(dt) * 100000;
+          const h = be.fromF32(rand(N * C, seed, 2), [N, C]);
+          const w = {
+            q: up(rand(Hq * D * C, seed + 1, 0.3), [Hq * D, C], dt),
+            k: up(rand(Hkv * D * C, seed + 2, 0.3), [Hkv * D, C], dt),
+            v: up(rand(Hkv * D * C, seed + 3, 0.3), [Hkv * D, C], dt),
+            qb: bias ? up(rand(Hq * D, seed + 4), [Hq * D], dt) : null,
+            kb: bias ? up(rand(Hkv * D, seed + 5), [Hkv * D], dt) : null,
+            vb: bias ? up(rand(Hkv * D, seed + 6), [Hkv * D], dt) : null,
+          };
+          const pos = Int32Array.from({ length: N }, (_, i) => (i % 3 === 0 ? 40000 + i : i * 7));
+          const c1 = be.createKVCache(1, B, maxLen, Hkv, D);
+          const c2 = be.createKVCache(1, B, maxLen, Hkv, D);
+          // unfused
+          const q0 = be.linear(h, w.q, w.qb);
+          const k0 = be.linear(h, w.k, w.kb);
+          const v0 = be.linear(h, w.v, w.vb);
+          const qr = be.rope(q0, pos, Hq, D, 1e6);
+          const kr = be.rope(k0, pos, Hkv, D, 1e6);
+          be.writeKV(c1, 0, kr, v0, start, T);
+          // fused
+          const qf = be.fused.qkvRope(h, w, pos, 1e6, Hq, c2, 0, start, T);
+          close(await be.read(qf), await be.read(qr), 'q', 1e-6);
+          close(await readKV(c2), await readKV(c1), 'k, v in the cache', 1e-6);
+
+          const gate = up(rand(I * C, seed + 7, 0.3), [I, C], dt);
+          const upw = up(rand(I * C, seed + 8, 0.3), [I, C], dt);
+          const gb = bias ? up(rand(I, seed + 9), [I], dt) : null;
+          const ub = bias ? up(rand(I, seed + 10), [I], dt) : null;
+          const gt = be.linear(h, gate, gb);
+          const ut = be.linear(h, upw, ub);
+          close(await be.read(be.fused.gateUp(h, gate, gb, upw, ub)), await be.read(be.swiglu(gt, ut)), 'gate/up + swiglu', 1e-6);
+
+          const nw = up(rand(C, seed + 11), [C], dt);
+          const o = be.fromF32(rand(N * C, seed + 12), [N, C]);
+          const [y, hn] = be.fused.addRmsnorm(h, o, nw, 1e-6);
+          const y0 = be.add(h, o);
+          assert.deepEqual(await be.read(y), await be.read(y0));
+          assert.deepEqual(await be.read(hn), await be.read(be.rmsnorm(y0, nw, 1e-6)));
+          be.dispose(c1);
+          be.dispose(c2);
+        });
+      }
+    }
+
+    test('argmaxRows: per row, first index on ties, negative values', async () => {
+      const R = 3, V = 1000;
+      const x = rand(R * V, 99, 5).map((v) => v - 10);
+      x[1 * V + 17] = 3;
+      x[1 * V + 500] = 3; // tie: the first wins
+      x[2 * V + V - 1] = 7;
+      const want = Int32Array.from({ length: R }, (_, r) => argmax(x.subarray(r * V, (r + 1) * V)));
+      assert.deepEqual(await be.argmaxRows(be.fromF32(x, [R, V])), want);
+      assert.deepEqual([...want.slice(1)], [17, V - 1]);
+    });
+  });
+
   describe('attention', () => {
     /** host mirror of the cache, in the cpu backend's layout */
     function hostLayer(B: number, Hkv: number, maxLen: number, D: number): CpuKVLayer {
