@@ -39,12 +39,15 @@ function pow2Divisor(D: number, cap: number): number {
 function sharedBytes(c: Cfg): number {
   const R = c.G * c.TQ;
   const DP4 = c.D / 4 + 1;
-  return 16 * (R * DP4 + c.BK * DP4) + 4 * (R * c.BK + c.BK);
+  return 16 * (R * DP4 + c.BK * DP4) + 4 * (R * (c.BK + c.TPR) + c.BK);
 }
+
+/** threads per query row in prefill (GRAVITY_ATTN_TPR to experiment); more threads per row = more warps per SM */
+const PREFILL_TPR = Number((typeof process !== 'undefined' && process.env?.GRAVITY_ATTN_TPR) || 4);
 
 function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg {
   // each of a row's TPR threads owns D/4/TPR of its vec4 output columns
-  let TPR = pow2Divisor(D / 4, decode ? 32 : 4);
+  let TPR = pow2Divisor(D / 4, decode ? 32 : PREFILL_TPR);
   while (G * TPR > 256 && TPR > 1) TPR /= 2;
   if (G * TPR > 256) throw new GravityError(`attention: ${G} query heads per kv head is more than this backend supports (256)`);
   for (let TQ = decode ? 1 : Math.max(1, Math.floor(32 / G)); TQ >= 1; TQ = Math.floor(TQ / 2)) {
@@ -103,11 +106,14 @@ const TPR = ${c.TPR}u;
 const NT = ${NT}u;
 const BK = ${c.BK}u;
 const SB = ${SB}u;
+// score row stride: BK + TPR puts the rows of a warp in different banks (a row stride of BK = 32 made every
+// read of a key's scores by the warp's rows an 8-way bank conflict)
+const SST = ${c.BK + c.TPR}u;
 const DPT4 = ${c.D / 4 / c.TPR}u;  // vec4 output columns per thread
 const MASKED = -3.0e38;
 var<workgroup> Qs: array<vec4<f32>, ${R * (c.D / 4 + 1)}>;
 var<workgroup> KVs: array<vec4<f32>, ${c.BK * (c.D / 4 + 1)}>;
-var<workgroup> Ss: array<f32, ${R * c.BK}>;
+var<workgroup> Ss: array<f32, ${R * (c.BK + c.TPR)}>;
 var<workgroup> oks: array<u32, BK>;
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -161,13 +167,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         ${partial ? 'if (j >= BK) { break; }' : ''}
         var s = MASKED;
         if (oks[j] != 0u && t < p.T && kb + j <= p.start + t) { ${score} }
-        Ss[r * BK + j] = s;
+        Ss[r * SST + j] = s;
       }
     }
     workgroupBarrier();
     ${pure ? '' : `// masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
     var mt = m;
-    for (var j = 0u; j < BK; j++) { mt = max(mt, Ss[r * BK + j]); }
+    for (var j = 0u; j < BK; j++) { mt = max(mt, Ss[r * SST + j]); }
     let alpha = exp(m - mt);
     m = mt;
     l *= alpha;
@@ -180,7 +186,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
-      let s = Ss[r * BK + j];
+      let s = Ss[r * SST + j];
       if (s > -1.0e38) {
         let pj = ${pure ? 's' : 'exp(s - m)'};
         l += pj;
