@@ -61,7 +61,9 @@ for (const [t, [ct, rt, st]] of Object.entries(typeOf)) {
 }
 
 // naive int8 GEMM via subgroup matrices (A [n x k] row-major int8 packed in i32, B [k x n]), vs f32 FMA
-const int8cfg = cfgs.find((c) => String(c.componentType).includes('i8')) ?? cfgs.find((c) => String(c.componentType).includes('u8'));
+const cfgList = cfgs.map((c) => ({ componentType: String(c.componentType), resultComponentType: String(c.resultComponentType), M: Number(c.M), N: Number(c.N), K: Number(c.K) }));
+console.log('subgroupMatrixConfigs (fields):', JSON.stringify(cfgList));
+const int8cfg = cfgList.find((c) => c.componentType.includes('i8')) ?? cfgList.find((c) => c.componentType.includes('u8')) ?? { componentType: 'i8', M: 16, N: 16, K: 32 };
 const n = 4096;
 async function time(code: string, bindSizes: number[], groups: [number, number]): Promise<number> {
   const m = device.createShaderModule({ code });
@@ -113,6 +115,30 @@ if (int8cfg) {
     console.log(`naive ${ct} subgroup-matrix GEMM ${n}^3 (${M}x${N}x${K} tiles): ${ms.toFixed(2)} ms = ${((2 * n ** 3) / ms / 1e9).toFixed(1)} TOP/s`);
   } catch (e) {
     console.log(`int8 GEMM failed: ${(e as Error).message.split('\n')[0]}`);
+  }
+  // f32 subgroup matrices compile too: are they tensor cores (tf32) or an emulation? time the same loop
+  for (const K of [8, 32]) {
+    const f32sm = `enable chromium_experimental_subgroup_matrix;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@compute @workgroup_size(32) fn main(@builtin(workgroup_id) wg: vec3<u32>) {
+  let row = wg.y * ${M}u;
+  let col = wg.x * ${N}u;
+  var acc = subgroup_matrix_result<f32, ${N}, ${M}>();
+  for (var k = 0u; k < ${n}u; k += ${K}u) {
+    let l = subgroupMatrixLoad<subgroup_matrix_left<f32, ${K}, ${M}>>(&a, row * ${n}u + k, false, ${n}u);
+    let r = subgroupMatrixLoad<subgroup_matrix_right<f32, ${N}, ${K}>>(&b, k * ${n}u + col, false, ${n}u);
+    acc = subgroupMatrixMultiplyAccumulate(l, r, acc);
+  }
+  subgroupMatrixStore(&c, row * ${n}u + col, acc, false, ${n}u);
+}`;
+    try {
+      const ms = await time(f32sm, [n * n * 4, n * n * 4, n * n * 4], [n / N, n / M]);
+      console.log(`naive f32 subgroup-matrix GEMM ${n}^3 (${M}x${N}x${K}): ${ms.toFixed(2)} ms = ${((2 * n ** 3) / ms / 1e9).toFixed(1)} TFLOP/s`);
+    } catch (e) {
+      console.log(`f32 subgroup-matrix GEMM K=${K} failed: ${(e as Error).message.split('\n')[0]}`);
+    }
   }
 }
 const f32code = `@group(0) @binding(0) var<storage, read> a: array<f32>;
