@@ -4,6 +4,7 @@
  * ./attention-backward.ts. Caller-owned outputs, explicit sizes (llm.c style).
  */
 import { f16Table, type HostTensor } from '../tensor/dtype.js';
+import { ropeForward, swigluForward } from '../backend/cpu/ops.js';
 
 export type Arr = Float32Array | Float64Array;
 
@@ -137,36 +138,13 @@ export function linearBackwardWeight(dw: Arr, dy: Arr, x: Arr, N: number, IN: nu
 // RoPE (rotate_half: pairs (i, i + D/2))
 
 /** cos/sin as transformers makes them: angle and cos/sin in float32. sign -1 = inverse rotation. */
-export function ropeApply(out: Arr, x: Arr, positions: Int32Array, H: number, D: number, invFreq: Float64Array, sign: 1 | -1): void {
-  const half = D / 2;
-  const cos = new Float64Array(half);
-  const sin = new Float64Array(half);
-  const fr = Math.fround;
-  for (let n = 0; n < positions.length; n++) {
-    const p = positions[n];
-    for (let i = 0; i < half; i++) {
-      const a = fr(p * invFreq[i]);
-      cos[i] = fr(Math.cos(a));
-      sin[i] = sign * fr(Math.sin(a));
-    }
-    for (let h = 0; h < H; h++) {
-      const o = (n * H + h) * D;
-      for (let i = 0; i < half; i++) {
-        const x1 = x[o + i];
-        const x2 = x[o + i + half];
-        out[o + i] = x1 * cos[i] - x2 * sin[i];
-        out[o + i + half] = x2 * cos[i] + x1 * sin[i];
-      }
-    }
-  }
-}
+/** RoPE and its inverse (sign -1: the backward pass of a rotation is its transpose); the inference kernel. */
+export const ropeApply: (out: Arr, x: Arr, positions: Int32Array, H: number, D: number, invFreq: Float64Array, sign: 1 | -1) => void = ropeForward;
 
 // ---------------------------------------------------------------------------------------------------------
 // SwiGLU: m = silu(g) * u
 
-export function swigluForward(out: Arr, g: Arr, u: Arr): void {
-  for (let i = 0; i < out.length; i++) out[i] = (g[i] / (1 + Math.exp(-g[i]))) * u[i];
-}
+export { swigluForward };
 
 /** dg = dy·u·σ(g)(1 + g(1 − σ(g))),  du = dy·silu(g) */
 export function swigluBackward(dg: Arr, du: Arr, dy: Arr, g: Arr, u: Arr): void {

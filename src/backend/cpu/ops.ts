@@ -51,7 +51,7 @@ export function ropeInvFreq(headDim: number, theta: number): Float64Array {
  * Rotary embedding, rotate_half convention: pairs (i, i + D/2). x, out [N, H * D]; positions [N].
  * `sign` = -1 applies the inverse rotation (the backward pass of RoPE is its transpose).
  */
-export function ropeForward(out: Float32Array, x: Float32Array, positions: Int32Array, H: number, D: number, invFreq: Float64Array, sign = 1): void {
+export function ropeForward(out: Float32Array | Float64Array, x: Float32Array | Float64Array, positions: Int32Array, H: number, D: number, invFreq: Float64Array, sign = 1): void {
   const half = D / 2;
   const cos = new Float32Array(half);
   const sin = new Float32Array(half);
@@ -76,7 +76,7 @@ export function ropeForward(out: Float32Array, x: Float32Array, positions: Int32
 }
 
 /** out = silu(gate) * up */
-export function swigluForward(out: Float32Array, gate: Float32Array, up: Float32Array): void {
+export function swigluForward(out: Float32Array | Float64Array, gate: Float32Array | Float64Array, up: Float32Array | Float64Array): void {
   for (let i = 0; i < out.length; i++) {
     const g = gate[i];
     out[i] = (g / (1 + Math.exp(-g))) * up[i];
