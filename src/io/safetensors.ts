@@ -65,7 +65,8 @@ function isIntArray(v: unknown): v is number[] {
   return Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0);
 }
 
-export function openSafetensors(file: string): SafetensorsFile {
+/** Opens `file` read-only and hands the descriptor to `parse`; closes it if parsing throws. */
+export function openWith<T>(file: string, parse: (fd: number, file: string, label: string) => T): T {
   const label = path.basename(file);
   let fd: number;
   try {
@@ -74,11 +75,15 @@ export function openSafetensors(file: string): SafetensorsFile {
     fail(`${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
   }
   try {
-    return parseHeader(fd, file, label);
+    return parse(fd, file, label);
   } catch (e) {
     fs.closeSync(fd);
     throw e;
   }
+}
+
+export function openSafetensors(file: string): SafetensorsFile {
+  return openWith(file, parseHeader);
 }
 
 function parseHeader(fd: number, file: string, label: string): SafetensorsFile {

@@ -1,9 +1,8 @@
 /** The zip subset torch.save uses: stored (uncompressed) entries, found through the central directory, zip64
  * aware. Reads entries with positioned reads; writes 64-byte aligned stored entries like PyTorch does. */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { fail } from '../errors.js';
-import { readFully, writeFully } from './safetensors.js';
+import { openWith, readFully, writeFully } from './safetensors.js';
 
 export interface ZipEntry {
   name: string;
@@ -49,19 +48,7 @@ function u64(dv: DataView, off: number): number {
 }
 
 export function openZip(file: string): ZipReader {
-  const label = path.basename(file);
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'r');
-  } catch (e) {
-    fail(`${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
-  try {
-    return readDirectory(fd, file, label);
-  } catch (e) {
-    fs.closeSync(fd);
-    throw e;
-  }
+  return openWith(file, readDirectory);
 }
 
 function readDirectory(fd: number, file: string, label: string): ZipReader {
