@@ -12,6 +12,7 @@ import { ropeForward, ropeInvFreq } from '../src/backend/cpu/ops.js';
 import { attentionForward, attentionProbs, type CpuKVLayer } from '../src/backend/cpu/attention.js';
 import { GravityError } from '../src/errors.js';
 import { gemmTile } from '../src/backend/webgpu/linear.js';
+import { gravityFixedMax } from '../src/backend/webgpu/attention.js';
 import * as path from 'node:path';
 import { loadModel } from '../src/model/load.js';
 import { FIXTURES, INFERENCE_FIXTURES, argmax, loadExpected, relErr as fixtureErr } from './helpers/fixtures.js';
@@ -357,6 +358,41 @@ describe('webgpu backend', () => {
         });
       }
     }
+
+    test('gravity decode: fixed max (M²/eps <= 60) and running max (larger masses) both match the cpu, split-K and not', async () => {
+      const B = 1, Hq = 8, Hkv = 2, D = 32, maxLen = 300;
+      const cache = be.createKVCache(1, B, maxLen, Hkv, D);
+      const host = hostLayer(B, Hkv, maxLen, D);
+      cache.keyValid.fill(1);
+      cache.keyValid[5] = 0; // one padding key
+      const n = 290; // decode over 290 keys: split-K; q at slot 290 (the last)
+      const k = rand(n * Hkv * D, 300, 0.5);
+      const v = rand(n * Hkv * D, 301);
+      be.writeKV(cache, 0, be.fromF32(k, [n, Hkv * D]), be.fromF32(v, [n, Hkv * D]), 0, n);
+      hostWrite(host, k, v, B, n, Hkv, D, maxLen, 0);
+      const cases: [string, number[], boolean][] = [
+        ['fixed', [0.3, 1, 2, 3, 4, 5, 5.5, 6], true], // max M²/eps = 60: the limit itself
+        ['running', [0.3, 1, 2, 3, 4, 5, 6, 7], false], // 70 > 60
+        ['running, huge', [1, 50, 200, 400, 900, 20, 3, 0.01], false],
+      ];
+      for (const T of [1, 3]) {
+        const start = n - T;
+        const q = rand(T * Hq * D, 302 + T, 0.5);
+        for (const [label, masses, fixed] of cases) {
+          const p: AttentionParams = { kind: 'gravity', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from(masses), eps: 0.1, scale: 0 };
+          assert.equal(gravityFixedMax(p), fixed, label);
+          const want = new Float32Array(T * Hq * D);
+          attentionForward(want, q, host, cache.keyValid, B, T, start, maxLen, p);
+          const qt = be.fromF32(q, [T, Hq * D]);
+          const y = be.attention(qt, cache, 0, start, T, p);
+          close(await be.read(y), want, `gravity ${label} T=${T}`);
+          be.dispose(qt);
+          be.dispose(y);
+        }
+      }
+      assert.equal(gravityFixedMax({ kind: 'dot', numHeads: 1, numKVHeads: 1, headDim: 4, massSq: null, eps: 0.1, scale: 1 }), false);
+      be.dispose(cache);
+    });
 
     test('gravity: a query equal to a key (the cancellation case) stays accurate', async () => {
       const B = 1, Hq = 2, Hkv = 1, D = 16, maxLen = 8, T = 4;

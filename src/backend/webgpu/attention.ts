@@ -14,6 +14,12 @@
  *
  * gravity: s = M_h² / (|q - k|² + eps) (the distance summed directly, see flashShader); dot: s = scale * q·k.
  * gravity-pure: no softmax, weights s / sum(s) (m stays 0, so the split combine needs no change).
+ *
+ * Gravity with a fixed max: the score is bounded, 0 < s <= M_h²/eps, so when every head's M²/eps <= FIXED_MAX_LIMIT
+ * the row "max" is the constant M_h²/eps: exp(s - M²/eps) >= exp(-60) cannot underflow f32 and the sum of a row
+ * (<= number of keys) cannot overflow. No running max, no rescale of l and o per tile (the per-tile max scan was
+ * the work gravity decode did beyond dot's), and the split-K partials combine by plain sums. Larger masses keep
+ * the running max.
  */
 import type { AttentionKind, AttentionParams } from '../backend.js';
 import { GravityError } from '../../errors.js';
@@ -61,9 +67,24 @@ function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg 
   throw new GravityError(`attention: head dim ${D} with ${G} heads per group needs more workgroup memory than this device has (${ctx.maxWorkgroupMem} bytes)`);
 }
 
-function flashShader(c: Cfg, kind: AttentionKind, split: boolean): string {
+/** exp(-60) ~ 9e-27: far from f32's smallest normal (1.2e-38), so fixed-max weights never underflow */
+export const FIXED_MAX_LIMIT = 60;
+
+/** true when this call's gravity scores can use M²/eps as the softmax max (see the header) */
+export function gravityFixedMax(p: AttentionParams): boolean {
+  if (p.kind !== 'gravity' || !p.massSq) return false;
+  let mx = 0;
+  for (const m of p.massSq) {
+    if (!(m >= 0)) return false;   // NaN or a negative M² (never from softplus): keep the general path
+    mx = Math.max(mx, m);
+  }
+  return p.eps > 0 && mx / p.eps <= FIXED_MAX_LIMIT;
+}
+
+function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false): string {
   const gravity = kind !== 'dot';
   const pure = kind === 'gravity-pure';
+  const running = !pure && !fixed; // a running max with per-tile rescaling
   const R = c.G * c.TQ;
   const NT = R * c.TPR;
   const SB = Math.ceil(c.BK / c.TPR); // keys scored per thread per tile
@@ -74,7 +95,9 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean): string {
   const inner = gravity
     ? `let df = qv - KVs[${kidx} * DP4 + d4]; dts[c] += dot(df, df);`
     : `dts[c] += dot(qv, KVs[${kidx} * DP4 + d4]);`;
-  const score = gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
+  // fixed max: the row's weight exp(s - m) is final when the score is made, so it is computed once by the scoring
+  // thread and stored (masked = 0), instead of once per output thread of the row in the P·V loop
+  const score = fixed ? `s = exp(mass[h] / (dts[c] + p.eps) - m);` : gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
   const store = split
     ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
     for (var i = 0u; i < DPT4; i++) {
@@ -138,7 +161,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kEnd = p.start + min(t0 + TQ, p.T);   // exclusive: the last query's slot + 1
   let k0 = split * p.kps;
   let k1 = min(kEnd, k0 + p.kps);
-  var m = ${pure ? '0.0' : '-1.0e30'};   // gravity-pure has no max: its weights are the scores, s / sum(s)
+  // gravity-pure has no max (its weights are the scores, s / sum(s)); fixed: the bound M²/eps of the row's head
+  var m = ${pure ? '0.0' : fixed ? 'mass[h] / p.eps' : '-1.0e30'};
   var l = 0.0;
   var o: array<vec4<f32>, DPT4>;
   for (var kb = k0; kb < k1; kb += BK) {
@@ -165,13 +189,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       for (var c = 0u; c < SB; c++) {
         let j = part + TPR * c;
         ${partial ? 'if (j >= BK) { break; }' : ''}
-        var s = MASKED;
+        var s = ${fixed ? '0.0' : 'MASKED'};
         if (oks[j] != 0u && t < p.T && kb + j <= p.start + t) { ${score} }
         Ss[r * SST + j] = s;
       }
     }
     workgroupBarrier();
-    ${pure ? '' : `// masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
+    ${!running ? '' : `// masked scores (-3e38) never beat the initial -1e30, so an all-masked tile leaves m, l, o unchanged
     var mt = m;
     for (var j = 0u; j < BK; j++) { mt = max(mt, Ss[r * SST + j]); }
     let alpha = exp(m - mt);
@@ -185,14 +209,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       KVs[(e / D4) * DP4 + e % D4] = v;
     }
     workgroupBarrier();
-    for (var j = 0u; j < BK; j++) {
+    ${fixed ? `for (var j = 0u; j < BK; j++) {
+      let pj = Ss[r * SST + j];   // 0 for masked keys
+      l += pj;
+      for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), KVs[j * DP4 + part + TPR * i], o[i]); }
+    }` : `for (var j = 0u; j < BK; j++) {
       let s = Ss[r * SST + j];
       if (s > -1.0e38) {
         let pj = ${pure ? 's' : 'exp(s - m)'};
         l += pj;
         for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), KVs[j * DP4 + part + TPR * i], o[i]); }
       }
-    }
+    }`}
     workgroupBarrier();
   }
   if (t < p.T) {
@@ -201,7 +229,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }`;
 }
 
-function combineShader(D: number): string {
+/** sums: every split's m is the same (fixed max, gravity-pure), so the weights exp(m_s - max m) are all 1 */
+function combineShader(D: number, sums: boolean): string {
+  const merge = sums
+    ? `var L = 0.0;
+  var O = 0.0;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let o = base + s * (D + 2u);
+    L += part[o + D + 1u];
+    O += part[o + e % D];
+  }`
+    : `var mx = -1.0e30;
+  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, part[base + s * (D + 2u) + D]); }
+  var L = 0.0;
+  var O = 0.0;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let o = base + s * (D + 2u);
+    let w = exp(part[o + D] - mx);
+    L += part[o + D + 1u] * w;
+    O += part[o + e % D] * w;
+  }`;
   return `struct P { n: u32, nsplit: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
@@ -213,16 +260,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (e >= p.n) { return; }
   let row = e / D;                // (b * T + t) * Hq + h
   let base = row * p.nsplit * (D + 2u);
-  var mx = -1.0e30;
-  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, part[base + s * (D + 2u) + D]); }
-  var L = 0.0;
-  var O = 0.0;
-  for (var s = 0u; s < p.nsplit; s++) {
-    let o = base + s * (D + 2u);
-    let w = exp(part[o + D] - mx);
-    L += part[o + D + 1u] * w;
-    O += part[o + e % D] * w;
-  }
+  ${merge}
   out[e] = select(0.0, O / L, L > 0.0);
 }`;
 }
@@ -258,8 +296,9 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const key = `attn:${p.kind}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
-  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split));
+  const fixed = gravityFixedMax(p);
+  const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
+  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed));
   const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale).u(c.vOff / 4);
   const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
@@ -270,7 +309,8 @@ export function attentionKernel(
   const rows = B * T * Hq;
   const partial = ctx.alloc(rows * nsplit * (D + 2) * 4, 'attention partials');
   ctx.dispatch(pl, params, [q, L.kv, c.valid, mass, partial], groups);
-  const cpl = ctx.pipeline(`attn-combine:${D}`, () => combineShader(D));
+  const sums = fixed || p.kind === 'gravity-pure';
+  const cpl = ctx.pipeline(`attn-combine:${D}:${sums}`, () => combineShader(D, sums));
   ctx.dispatch(cpl, new Params().u(rows * D, nsplit), [partial, out], ctx.grid(Math.ceil((rows * D) / 64)));
   ctx.release(partial);
 }
