@@ -2,6 +2,9 @@
  * GPU benchmark (run on the GPU machine, after reference/bench_torch.py wrote the checkpoint and its timings):
  *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
  * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
+ *   node dist/bench/gpu.js --gemv [--dir /tmp/q3b]
+ * times each decode GEMV shape alone (GPU timestamps: GB/s of weight bytes) and the decode attention (gravity with
+ * the fixed max, gravity with the running max, dot), then exits. Shapes from --dir's config.json, else Qwen2.5-3B.
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -21,11 +24,12 @@ const { values } = parseArgs({
     decode: { type: 'string', default: '64' },
     skip: { type: 'string', default: '' },
     profile: { type: 'boolean', default: false },
+    gemv: { type: 'boolean', default: false },
   },
 });
 const torch = values.torch && fs.existsSync(values.torch) ? JSON.parse(fs.readFileSync(values.torch, 'utf8')) : null;
 const skip = new Set(values.skip!.split(','));
-const be = (await createWebGPUBackend({ profile: values.profile })) as WebGPUBackend;
+const be = (await createWebGPUBackend({ profile: values.profile || values.gemv })) as WebGPUBackend;
 /** per-kernel GPU time of what ran since the last call (only with --profile: timestamps slow every dispatch) */
 async function profile(what: string): Promise<void> {
   const rep = await be.profileReport();
@@ -79,6 +83,71 @@ async function copyBandwidth(): Promise<number> {
 
 const bw = await copyBandwidth();
 log(`copy bandwidth ${(bw / 1e12).toFixed(2)} TB/s`);
+if (values.gemv) {
+  await gemvBench();
+  process.exit(0);
+}
+
+/** the decode's weight-read kernels one shape at a time, bf16 weights, N = 1; GPU time from timestamp queries */
+async function gemvBench(): Promise<void> {
+  const cfgPath = values.dir ? `${values.dir}/config.json` : '';
+  const hf = cfgPath && fs.existsSync(cfgPath) ? JSON.parse(fs.readFileSync(cfgPath, 'utf8')) : {};
+  const C: number = hf.hidden_size ?? 2048, Hq: number = hf.num_attention_heads ?? 16, Hkv: number = hf.num_key_value_heads ?? 2;
+  const D = C / Hq, I: number = hf.intermediate_size ?? 11008, V: number = hf.vocab_size ?? 151936;
+  log(`subgroup lanes for the GEMV reductions: ${be.ctx.sg || 'none (workgroup memory)'}; features: ${be.features.includes('subgroups') ? 'subgroups' : 'no subgroups'}`);
+  const W = (o: number, i: number, seed: number) => {
+    const n = o * i;
+    const f = new Float32Array(n);
+    for (let i = 0; i < n; i++) f[i] = ((Math.sin(i * 12.9898 + seed) * 43758.5453) % 1) * 0.05;
+    return be.upload({ dtype: 'BF16', shape: [o, i], data: new Uint16Array(f.buffer).filter((_, j) => j % 2 === 1) });
+  };
+  const act = (n: number) => be.fromF32(new Float32Array(n).map((_, i) => Math.cos(i) * 0.5), [1, n]);
+  const reps = 50;
+  const out: string[] = [];
+  const timeIt = async (label: string, bytes: number, f: () => void) => {
+    f();
+    await be.sync();
+    await be.profileReport(); // drop the warm-up
+    const t = performance.now();
+    for (let r = 0; r < reps; r++) f();
+    await be.sync();
+    const wall = (performance.now() - t) / reps;
+    const rep = (await be.profileReport()) ?? [];
+    const gpu = rep.reduce((a, k) => a + k.ms, 0) / reps;
+    const line = `${label.padEnd(34)} ${(gpu * 1000).toFixed(1).padStart(8)} µs GPU ${bytes ? `${(bytes / gpu / 1e6).toFixed(0).padStart(6)} GB/s (${((100 * bytes) / gpu / 1e3 / bw).toFixed(0)}% of copy)` : ''}  wall ${(wall * 1000).toFixed(1)} µs/call  [${rep.map((k) => k.kernel).join(', ')}]`;
+    out.push(line);
+    log(line);
+  };
+  const x = act(C);
+  const wq = W(Hq * D, C, 1), wk = W(Hkv * D, C, 2), wv = W(Hkv * D, C, 3), wo = W(C, Hq * D, 4);
+  const wg = W(I, C, 5), wu = W(I, C, 6), wd = W(C, I, 7), wl = W(V, C, 8);
+  const cache = be.createKVCache(1, 1, 4200, Hkv, D);
+  cache.keyValid.fill(1);
+  const pos = Int32Array.of(512);
+  const drop = (t: any) => be.dispose(t);
+  await timeIt(`q/k/v+rope [${(Hq + 2 * Hkv) * D}x${C}]`, (Hq + 2 * Hkv) * D * C * 2, () => drop(be.fused!.qkvRope(x, { q: wq, k: wk, v: wv, qb: null, kb: null, vb: null }, pos, 1e6, Hq, cache, 0, 512, 1)));
+  const a = act(Hq * D);
+  await timeIt(`o [${C}x${Hq * D}]`, C * Hq * D * 2, () => drop(be.linear(a, wo, null)));
+  await timeIt(`gate/up+swiglu [2x${I}x${C}]`, 2 * I * C * 2, () => drop(be.fused!.gateUp(x, wg, null, wu, null)));
+  const m = act(I);
+  await timeIt(`down [${C}x${I}]`, C * I * 2, () => drop(be.linear(m, wd, null)));
+  await timeIt(`lm_head [${V}x${C}]`, V * C * 2, () => drop(be.linear(x, wl, null)));
+  const logits = be.linear(x, wl, null);
+  await timeIt(`argmax [${V}] (incl. 4-byte readback)`, V * 4, () => void be.argmaxRows!(logits));
+  // decode attention, one layer: keys already in the cache (values do not matter for the time)
+  const kk = be.fromF32(new Float32Array(4096 * Hkv * D).map((_, i) => Math.sin(i) * 0.3), [4096, Hkv * D]);
+  be.writeKV(cache, 0, kk, kk, 0, 4096);
+  const qd = be.fromF32(new Float32Array(Hq * D).map((_, i) => Math.cos(i) * 0.3), [1, Hq * D]);
+  const acfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as any;
+  for (const keys of [512, 4096]) {
+    for (const [label, kind, massLog] of [['gravity fixed max', 'gravity', 0.5], ['gravity running max', 'gravity', 3], ['dot', 'dot', 0]] as const) {
+      const p = attentionParams(kind, acfg, new Float32Array(Hq).fill(massLog), 0.1);
+      await timeIt(`attention decode ${keys} keys, ${label}`, 0, () => drop(be.attention(qd, cache, 0, keys - 1, 1, p)));
+    }
+  }
+  console.log(`\nGEMV / decode kernels alone (${be.adapterName}), copy kernel ${(bw / 1e12).toFixed(2)} TB/s, ${reps} calls each:`);
+  for (const l of out) console.log(l);
+}
 
 // fused attention, one layer of the 3B shape: 16 q heads, 2 KV heads, head_dim 128, causal
 if (!skip.has('attn')) {

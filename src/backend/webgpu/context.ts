@@ -123,7 +123,11 @@ export class GpuContext {
   /** per-kernel timestamps, when the device was created with timestamp-query and profiling was asked for */
   private profiler: Profiler | null = null;
 
-  constructor(readonly device: GPUDevice, profile = false) {
+  /**
+   * @param sg lanes the GEMV reductions may combine with subgroup shuffles (the `subgroups` feature is enabled and
+   *   every subgroup has at least this many invocations); 0 = workgroup-memory reductions only
+   */
+  constructor(readonly device: GPUDevice, profile = false, readonly sg = 0) {
     if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);
     const l = device.limits;
     this.maxBinding = l.maxStorageBufferBindingSize;

@@ -63,9 +63,25 @@ export interface DeviceInfo {
   features: string[];
   /** timestamp-query was enabled (asked for and available) */
   timestamps: boolean;
+  /** lanes the GEMV reductions combine with subgroup shuffles (GpuContext.sg); 0 without the `subgroups` feature */
+  subgroupLanes: number;
 }
 
-export async function createDevice(opts: { timestamps?: boolean; powerPreference?: GPUPowerPreference } = {}): Promise<DeviceInfo> {
+/**
+ * min(smallest subgroup size, 32) when `subgroups` can be used for the GEMV reductions, else 0. Off with
+ * subgroups: false or GRAVITY_WEBGPU_SUBGROUPS=0 (the workgroup-memory fallback).
+ */
+function subgroupLanes(adapter: GPUAdapter, want: boolean | undefined): number {
+  const env = typeof process !== 'undefined' ? process.env?.GRAVITY_WEBGPU_SUBGROUPS : undefined;
+  if (want === false || (want === undefined && env === '0')) return 0;
+  if (!adapter.features.has('subgroups')) return 0;
+  const min = (adapter.info as unknown as { subgroupMinSize?: number })?.subgroupMinSize ?? 0;
+  const lanes = Math.min(32, min);
+  // a power of two of at least 4: the butterfly pairs lanes within aligned runs of that size
+  return lanes >= 4 && (lanes & (lanes - 1)) === 0 ? lanes : 0;
+}
+
+export async function createDevice(opts: { timestamps?: boolean; powerPreference?: GPUPowerPreference; subgroups?: boolean } = {}): Promise<DeviceInfo> {
   let adapter: GPUAdapter | null;
   try {
     adapter = await getAdapter(opts.powerPreference);
@@ -78,8 +94,12 @@ export async function createDevice(opts: { timestamps?: boolean; powerPreference
   for (const k of WANTED_LIMITS) if (typeof al[k] === 'number') requiredLimits[k] = al[k];
   const timestamps = !!opts.timestamps && adapter.features.has('timestamp-query');
   // no shader-f16 on purpose: the NVIDIA driver lacks it, so 16-bit weights are unpacked from u32 everywhere
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: timestamps ? ['timestamp-query'] : [] });
+  const sg = subgroupLanes(adapter, opts.subgroups);
+  const requiredFeatures: GPUFeatureName[] = [];
+  if (timestamps) requiredFeatures.push('timestamp-query');
+  if (sg) requiredFeatures.push('subgroups' as GPUFeatureName);
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   const info = adapter.info;
   const adapterName = [info?.vendor, info?.architecture, info?.device, info?.description].filter((s) => s).join(' ') || 'unknown';
-  return { device, adapterName, features: [...adapter.features], timestamps };
+  return { device, adapterName, features: [...adapter.features], timestamps, subgroupLanes: sg };
 }

@@ -11,12 +11,12 @@
  * Results equal the unfused ops' (same f32 operations in the same order per output).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
-import { FLAT_WG, scalarLoad, vectorLoad, type WDType } from './wgsl.js';
+import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
+import { UNROLL } from './linear.js';
 
 const LANES = 32;
 const WARPS = 8;
 const WG = LANES * WARPS;
-const UNROLL = 4;
 
 /** y = a + b, h = rmsnorm(y) * w: one workgroup per row; bitwise the same as add then rmsnorm */
 export function addRmsnormKernel(
@@ -53,52 +53,16 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
   return IN % (dt === 'F32' ? 4 : 8) === 0;
 }
 
-/** one warp's dot products of weight row `row` (binding `w`) with the N rows of x, accumulated into acc */
-function dotBody(w: string, dt: WDType, NB: number): string {
-  const guard = NB === 1 ? '' : 'if (n < p.N) ';
-  const f32 = dt === 'F32';
-  const KV = f32 ? 'K4' : 'K8';
-  const accum = (u: string) =>
-    f32
-      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, x[n * K4 + k${u}]); } }`
-      : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${u}]) + dot(b, x[n * K4 + 2u * k${u} + 1u]); } } }`;
-  // UNROLL independent vector loads per lane before any arithmetic: more bytes in flight per warp
-  const loads = Array.from({ length: UNROLL }, (_, u) => `let k${u} = k + ${u * LANES}u; let w${u} = ${w}[base + k${u}];`).join('\n      ');
-  const sums = Array.from({ length: UNROLL }, (_, u) => accum(String(u))).join('\n      ');
-  return `{
-    let base = row * ${KV};
-    var k = lane;
-    for (; k + ${(UNROLL - 1) * LANES}u < ${KV}; k += ${UNROLL * LANES}u) {
-      ${loads}
-      ${sums}
-    }
-    for (; k < ${KV}; k += ${LANES}u) {
-      let k0 = k;
-      let w0 = ${w}[base + k];
-      ${accum('0')}
-    }
-  }`;
-}
-
-const REDUCE = (NB: number) => `for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] = acc[n]; }
-  workgroupBarrier();
-  for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] += red[n * ${WG}u + lid + s]; }
-    }
-    workgroupBarrier();
-  }`;
-
 /**
  * q/k/v GEMV + bias + RoPE + KV write. Workgroups: Rq/8 for q, Rk/8 for k, Rk/8 for v (Rq = Hq*D, Rk = Hkv*D).
  * In a q or k workgroup, warp r computes row head*D + blk*4 + (r & 3) + (r >> 2) * D/2: warps r and r + 4 hold
  * a RoPE pair. Bindings: x, wq, wk, wv, cs (cos, sin per row and pair, from the arena), q out, kv cache[, bias].
  */
-function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number): string {
+function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number): string {
   const half = D / 2;
   const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
-  return `struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32 }
+  const red = warpSums(NB, WARPS, sg);
+  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
@@ -108,7 +72,7 @@ ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
 ${bias ? scalarLoad('bias', 8, bias) : ''}
 const D = ${D}u;
 const HALF = ${half}u;
-var<workgroup> red: array<f32, ${NB * WG}>;
+${red.decl}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
@@ -125,21 +89,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   var acc: array<f32, ${NB}>;
-  if (seg == 0u) ${dotBody('wq', dt, NB)} else if (seg == 1u) ${dotBody('wk', dt, NB)} else ${dotBody('wv', dt, NB)}
-  ${REDUCE(NB)}
+  if (seg == 0u) ${gemvDotBody('wq', dt, NB, UNROLL)} else if (seg == 1u) ${gemvDotBody('wk', dt, NB, UNROLL)} else ${gemvDotBody('wv', dt, NB, UNROLL)}
+  ${red.code}
   if (lane != 0u) { return; }
   let bo = select(select(0u, p.Rq, seg == 1u), p.Rq + p.Rk, seg == 2u);   // bias offset of the segment
   for (var n = 0u; n < ${NB}u; n++) {
     if (n >= p.N) { break; }
     let bb = n / p.T;
     let t = n - bb * p.T;
-    let val = red[n * ${WG}u + lid]${b('bo + row')};
+    let val = ${red.sum('n', 'r')}${b('bo + row')};
     let hd = row / D;
     let slot = (bb * p.Hkv + hd) * p.maxLen + p.start + t;
     if (seg == 2u) {
       kv[p.vOff + slot * D + row % D] = val;
     } else if (r < 4u) {
-      let x2 = red[n * ${WG}u + lid + ${4 * LANES}u]${b('bo + row + HALF')};
+      let x2 = ${red.sum('n', 'r + 4u')}${b('bo + row + HALF')};
       let i = row % D;
       let c = cs[n * HALF + i];
       let y1 = val * c.x - x2 * c.y;
@@ -170,7 +134,7 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
   const Rq = a.Hq * a.D;
   const Rk = a.Hkv * a.D;
   const groups = (Rq + 2 * Rk) / 8;
-  const pl = ctx.pipeline(`qkv-rope:${NB}:${a.dt}:${a.bdt}:${a.D}`, () => qkvShader(NB, a.dt, a.bias ? a.bdt : null, a.D));
+  const pl = ctx.pipeline(`qkv-rope:${NB}:${a.dt}:${a.bdt}:${a.D}:sg${ctx.sg}`, () => qkvShader(NB, a.dt, a.bias ? a.bdt : null, a.D, ctx.sg));
   const params = new Params().u(a.IN, a.N, Rq, Rk, a.T, a.maxLen, a.start, a.Hkv, a.vOff, groups);
   const binds: Binding[] = [a.x, a.wq, a.wk, a.wv, { data: a.cs }, a.q, a.kv];
   if (a.bias) binds.push(a.bias);
@@ -178,14 +142,15 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
 }
 
 /** gate/up GEMV + SwiGLU: workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
-function gateUpShader(NB: number, dt: WDType, bias: WDType | null): string {
-  return `struct P { IN: u32, N: u32, I: u32 }
+function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number): string {
+  const red = warpSums(NB, WARPS, sg);
+  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 5, bias) : ''}
-var<workgroup> red: array<f32, ${NB * WG}>;
+${red.decl}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
@@ -196,14 +161,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   var acc: array<f32, ${NB}>;
   if (row < p.I) {
-    if (r < 4u) ${dotBody('wgate', dt, NB)} else ${dotBody('wup', dt, NB)}
+    if (r < 4u) ${gemvDotBody('wgate', dt, NB, UNROLL)} else ${gemvDotBody('wup', dt, NB, UNROLL)}
   }
-  ${REDUCE(NB)}
+  ${red.code}
   if (lane != 0u || r >= 4u || row >= p.I) { return; }
   for (var n = 0u; n < ${NB}u; n++) {
     if (n >= p.N) { break; }
-    let g = red[n * ${WG}u + lid]${bias ? ' + ld_bias(row)' : ''};
-    let u = red[n * ${WG}u + lid + ${4 * LANES}u]${bias ? ' + ld_bias(p.I + row)' : ''};
+    let g = ${red.sum('n', 'r')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum('n', 'r + 4u')}${bias ? ' + ld_bias(p.I + row)' : ''};
     y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
   }
 }`;
@@ -213,7 +178,7 @@ export function gateUpGemv(
   ctx: GpuContext, x: GPUBuffer, wg: GPUBuffer, wu: GPUBuffer, dt: WDType, bias: GPUBuffer | null, bdt: WDType | null,
   y: GPUBuffer, N: number, NB: number, IN: number, I: number,
 ): void {
-  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}`, () => gateUpShader(NB, dt, bias ? bdt : null));
+  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}`, () => gateUpShader(NB, dt, bias ? bdt : null, ctx.sg));
   const binds: Binding[] = [x, wg, wu, y];
   if (bias) binds.push(bias);
   ctx.dispatch(pl, new Params().u(IN, N, I), binds, ctx.grid(Math.ceil(I / 4)));

@@ -415,11 +415,13 @@ export interface WebGPUBackendOptions {
    * Each dispatch then gets its own pass, which costs a little time of its own.
    */
   profile?: boolean;
+  /** GEMV reductions with subgroup shuffles when the adapter has `subgroups` (default; GRAVITY_WEBGPU_SUBGROUPS=0 turns it off) */
+  subgroups?: boolean;
 }
 
 export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
   const envProfile = typeof process !== 'undefined' && process.env?.GRAVITY_WEBGPU_PROFILE === '1';
   const profile = opts.profile ?? envProfile;
-  const { device, adapterName, features, timestamps } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference });
-  return new WebGPUBackend(new GpuContext(device, timestamps), adapterName, features);
+  const { device, adapterName, features, timestamps, subgroupLanes } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference, subgroups: opts.subgroups });
+  return new WebGPUBackend(new GpuContext(device, timestamps, subgroupLanes), adapterName, features);
 }

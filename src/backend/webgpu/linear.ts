@@ -2,71 +2,51 @@
  * y[N, OUT] = x[N, IN] · w[OUT, IN]^T (+ b), weights in their stored width.
  *
  * GEMV (N <= GEMV_MAX_N, decode): memory bound, so the point is reading w once, coalesced: 32 lanes walk one
- * weight row along IN in vector loads (vec4<f32>, or vec4<u32> = 8 halves), each lane keeps N partial sums,
- * and the 32 lanes reduce in workgroup memory. 8 rows per 256-thread workgroup. The shader is specialised for
+ * weight row along IN in vector loads (vec4<f32>, or vec4<u32> = 8 halves), UNROLL loads per lane issued before
+ * the FMAs, each lane keeps N partial sums, and the 32 lanes reduce with subgroup shuffles where the device has
+ * `subgroups` (else in workgroup memory), see warpSums. 8 rows per 256-thread workgroup. The shader is specialised for
  * N in {1, 2, 4, 8} (unrolled accumulators); other N use the next size up with uniform guards.
  *
  * GEMM (prefill): 64x64 output tiles (128x128 for big prefills), 16-deep K slices staged in workgroup memory,
  * 4x4 (8x8) adjacent outputs per thread whose operands are read as vec4 from workgroup memory.
  */
 import { Params, type GpuContext } from './context.js';
-import { FLAT_WG, scalarLoad, vectorLoad, vecWidth, type WDType } from './wgsl.js';
+import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
 
 export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
-const UNROLL = 4;
+/** 16-byte loads in flight per lane: 8 x 32 lanes cover a 2048-wide bf16 row in one step */
+export const UNROLL = 4;
 
 /** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
 function gemvBucket(N: number): number {
   return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
   const xDecl = vec
     ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
     : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
-  let body: string;
-  if (!vec) {
-    body = `for (var k = lane; k < p.IN; k += ${LANES}u) {
+  const body = vec
+    ? `let K4 = p.IN / 4u;
+    ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+    let row = o;
+    ${gemvDotBody('w', dt, N, UNROLL)}`
+    : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
-  } else {
-    // UNROLL independent vector loads per lane before any arithmetic: more bytes in flight per warp, which a
-    // memory-bound GEMV with few rows (e.g. OUT = 896) needs to approach full bandwidth
-    const f32 = dt === 'F32';
-    const KV = f32 ? 'K4' : 'K8';
-    const accum = (kv: string) =>
-      f32
-        ? `for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(w${kv}, x[n * K4 + k${kv}]); } }`
-        : `{ let a = lo_w(w${kv}); let b = hi_w(w${kv});
-        for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${kv}]) + dot(b, x[n * K4 + 2u * k${kv} + 1u]); } } }`;
-    const loads = Array.from({ length: UNROLL }, (_, u) => `let k${u} = k + ${u * LANES}u; let w${u} = w[base + k${u}];`).join('\n      ');
-    const sums = Array.from({ length: UNROLL }, (_, u) => accum(String(u))).join('\n      ');
-    body = `let K4 = p.IN / 4u;
-    ${f32 ? '' : 'let K8 = p.IN / 8u;'}
-    let base = o * ${KV};
-    var k = lane;
-    for (; k + ${(UNROLL - 1) * LANES}u < ${KV}; k += ${UNROLL * LANES}u) {
-      ${loads}
-      ${sums}
-    }
-    for (; k < ${KV}; k += ${LANES}u) {
-      let k0 = k;
-      let w0 = w[base + k];
-      ${accum('0')}
-    }`;
-  }
-  return `struct P { IN: u32, OUT: u32, N: u32 }
+  const red = warpSums(N, ROWS, sg);
+  return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecl}
 ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 4, bias) : ''}
-var<workgroup> red: array<f32, ${N * LANES * ROWS}>;
+${red.decl}
 @compute @workgroup_size(${LANES * ROWS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
@@ -76,16 +56,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (o < p.OUT) {
     ${body}
   }
-  for (var n = 0u; n < ${N}u; n++) { red[n * ${LANES * ROWS}u + lid] = acc[n]; }
-  workgroupBarrier();
-  for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      for (var n = 0u; n < ${N}u; n++) { red[n * ${LANES * ROWS}u + lid] += red[n * ${LANES * ROWS}u + lid + s]; }
-    }
-    workgroupBarrier();
-  }
+  ${red.code}
   if (lane == 0u && o < p.OUT) {
-    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = red[n * ${LANES * ROWS}u + lid]${bias ? ' + ld_bias(o)' : ''}; } }
+    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = ${red.sum('n', 'lid / 32u')}${bias ? ' + ld_bias(o)' : ''}; } }
   }
 }`;
 }
@@ -176,7 +149,7 @@ export function linearKernel(
   if (N <= GEMV_MAX_N) {
     const vec = IN % vecWidth(wdt) === 0;
     const NB = gemvBucket(N);
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}`, () => gemvShader(NB, wdt, vec, bias));
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg));
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }

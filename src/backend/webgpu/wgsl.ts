@@ -50,3 +50,86 @@ export function asWeightType(dt: DType, what: string): WDType {
 
 /** Flat workgroup index for a 2-D grid made by GpuContext.grid. */
 export const FLAT_WG = `let wg = wid.y * nwg.x + wid.x;`;
+
+/** `enable subgroups;` when the reductions use subgroup shuffles (sg > 0) */
+export function enableSubgroups(sg: number): string {
+  return sg > 0 ? 'enable subgroups;\n' : '';
+}
+
+/**
+ * Per-warp sums for the GEMVs: the workgroup is `warps` groups of 32 consecutive invocations (lane = lid % 32), each
+ * holding partial sums acc[0..NB). `code` sums every acc[n] over its 32 lanes and ends with a barrier, after which
+ * `sum(n, w)` is warp w's total of acc[n] (any thread may read it).
+ *  - sg > 0 (the `subgroups` feature, sg = the adapter's smallest subgroup size capped at 32): an xor butterfly of
+ *    subgroup shuffles inside each aligned run of sg lanes (subgroups are runs of consecutive invocations on the
+ *    drivers we know; the tests check it), then 32/sg partials per warp in workgroup memory: one barrier.
+ *  - sg = 0: a tree in workgroup memory, 5 barriers. For sg = 32 both add in the same order (bitwise equal).
+ */
+export function warpSums(NB: number, warps: number, sg: number): { decl: string; code: string; sum: (n: string, w: string) => string } {
+  const WG = warps * 32;
+  if (sg <= 0) {
+    return {
+      decl: `var<workgroup> red: array<f32, ${NB * WG}>;`,
+      code: `for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] = acc[n]; }
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lid % 32u < s) {
+      for (var n = 0u; n < ${NB}u; n++) { red[n * ${WG}u + lid] += red[n * ${WG}u + lid + s]; }
+    }
+    workgroupBarrier();
+  }`,
+      sum: (n, w) => `red[(${n}) * ${WG}u + (${w}) * 32u]`,
+    };
+  }
+  const C = 32 / sg; // partials per warp
+  const shuffles: string[] = [];
+  for (let s = sg / 2; s >= 1; s /= 2) shuffles.push(`v += subgroupShuffleXor(v, ${s}u);`);
+  return {
+    decl: `var<workgroup> red: array<f32, ${NB * warps * C}>;`,
+    code: `for (var n = 0u; n < ${NB}u; n++) {
+    var v = acc[n];
+    ${shuffles.join(' ')}
+    if (lid % ${sg}u == 0u) { red[(n * ${warps}u + lid / 32u) * ${C}u + (lid % 32u) / ${sg}u] = v; }
+  }
+  workgroupBarrier();`,
+    sum: (n, w) => {
+      const i = `((${n}) * ${warps}u + (${w})) * ${C}u`;
+      // the same pairing as the tree: (c0 + c2) + (c1 + c3) for 4 partials, etc.
+      const tree = (lo: number, len: number): string => (len === 1 ? `red[${i} + ${lo}u]` : `(${tree(lo, len / 2)} + ${tree(lo + len / 2, len / 2)})`);
+      return C === 1 ? `red[${i}]` : tree(0, C);
+    },
+  };
+}
+
+/**
+ * One warp's dot products of weight row `row` (binding `w`, see vectorLoad) with the N rows of x (array<vec4<f32>>,
+ * row length K4 = IN/4 vec4), accumulated into acc[0..NB). The caller defines row, lane, K4 (and K8 for 16-bit
+ * weights). UNROLL independent 16-byte loads per lane are issued before any arithmetic (more bytes in flight per
+ * warp: a row of 2048 bf16 is one step of 8 x 32 loads); the last partial step is one guarded unrolled step, not a
+ * serial loop of single loads.
+ */
+export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number): string {
+  const guard = NB === 1 ? '' : 'if (n < p.N) ';
+  const f32 = dt === 'F32';
+  const KV = f32 ? 'K4' : 'K8';
+  const accum = (u: number) =>
+    f32
+      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, x[n * K4 + k${u}]); } }`
+      : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${u}]) + dot(b, x[n * K4 + 2u * k${u} + 1u]); } } }`;
+  const U = Array.from({ length: unroll }, (_, u) => u);
+  const zero = f32 ? 'vec4<f32>()' : 'vec4<u32>()';
+  return `{
+    let base = row * ${KV};
+    var k = lane;
+    for (; k + ${(unroll - 1) * 32}u < ${KV}; k += ${unroll * 32}u) {
+      ${U.map((u) => `let k${u} = k + ${u * 32}u; let w${u} = ${w}[base + k${u}];`).join('\n      ')}
+      ${U.map(accum).join('\n      ')}
+    }
+    for (; k < ${KV}; k += 32u) {
+      let k0 = k;
+      let w0 = ${w}[base + k];
+      ${accum(0)}
+    }
+  }`;
+}
