@@ -142,3 +142,24 @@ test('shard sizes parse', () => {
   assert.equal(parseSize('1GiB'), 1024 ** 3);
   assert.throws(() => parseSize('lots'), /--shard-size/);
 });
+
+test('merge: the merged config carries the attention and ε the adapter was trained with', async () => {
+  const dir = path.join(FIXTURES, 'train-qwen2-qkvo');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-merge-defaults-'));
+  try {
+    const adapter = path.join(tmp, 'adapter');
+    fs.cpSync(path.join(dir, 'adapter'), adapter, { recursive: true });
+    fs.writeFileSync(path.join(adapter, 'trainer_state.json'), JSON.stringify({ options: { attention: 'gravity-pure', eps: 0.5 } }));
+    const out = path.join(tmp, 'merged');
+    mergeAdapter(dir, adapter, out);
+    const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    assert.equal(cfg.gravity_attention, 'gravity-pure');
+    assert.equal(cfg.gravity_eps, 0.5);
+    const m = await loadModel(out, { backend: createCpuBackend() });
+    assert.equal(m.attention, 'gravity-pure');
+    assert.equal(m.eps, 0.5);
+    m.dispose();
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});

@@ -11,6 +11,7 @@ import { loadMasses, saveMasses } from '../io/masses.js';
 import { writeSafetensorsStreaming, type TensorSpec } from '../io/safetensors.js';
 import { DTYPE_BYTES, numel } from '../tensor/dtype.js';
 import { adapterTransform, readAdapter } from './adapter.js';
+import { adapterDefaults } from '../model/load.js';
 
 export interface MergeOptions {
   /** bytes per shard, or a size like '2GB', '500MB', '100KB' (default 2GB) */
@@ -57,6 +58,15 @@ export function mergeAdapter(baseDir: string, adapterDir: string, outDir: string
     for (const f of SIDE_FILES) {
       const src = path.join(baseDir, f);
       if (fs.existsSync(src)) fs.copyFileSync(src, path.join(tmp, f));
+    }
+    // a gravity adapter trained on a dot-product base: the merged model must default to what it was trained with
+    const trained = adapterDefaults(adapterDir);
+    const cfgPath = path.join(tmp, 'config.json');
+    if ((trained.attention || trained.eps) && fs.existsSync(cfgPath)) {
+      const json = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+      if (trained.attention) json.gravity_attention = trained.attention;
+      if (trained.eps) json.gravity_eps = trained.eps;
+      fs.writeFileSync(cfgPath, JSON.stringify(json, null, 2) + '\n');
     }
     // model tensors in the config's order, then anything else the checkpoint holds (masses are written apart)
     const wanted = [...expectedWeightShapes(cfg).keys()];
