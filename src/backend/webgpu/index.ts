@@ -180,8 +180,8 @@ export class WebGPUBackend implements Backend {
     return y;
   }
 
-  /** (cos, sin) [len, D/2] of HF's f32 angle pos * inv_freq, grown by doubling as positions grow. */
-  private ropeTable(D: number, theta: number, maxPos: number): GPUBuffer {
+  /** (cos, sin) [len, D/2] of HF's f32 angle pos * inv_freq, grown by doubling as positions grow (shared with training). */
+  ropeTable(D: number, theta: number, maxPos: number): GPUBuffer {
     const key = `${D}:${theta}`;
     const cur = this.ropeTables.get(key);
     if (cur && maxPos < cur.len) return cur.buffer;

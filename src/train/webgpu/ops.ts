@@ -13,7 +13,6 @@ import type { TrainAttentionParams, TrainOps } from '../../backend/train-ops.js'
 import { GravityError } from '../../errors.js';
 import { Rng } from '../../generate/sampling.js';
 import { numel } from '../../tensor/dtype.js';
-import { ropeInvFreq } from '../../backend/cpu/ops.js';
 import { GpuTensor } from '../../backend/webgpu/context.js';
 import { gatherKernel, ropeKernel, swigluKernel } from '../../backend/webgpu/elementwise.js';
 import { linearKernel } from '../../backend/webgpu/linear.js';
@@ -31,7 +30,6 @@ function shapeStr(s: readonly number[]): string {
 
 export class WebGPUTrainOps implements TrainOps {
   readonly precision = 'f32' as const;
-  private ropeTables = new Map<string, { buffer: GPUBuffer; len: number }>();
 
   constructor(readonly backend: WebGPUBackend) {}
 
@@ -196,29 +194,6 @@ export class WebGPUTrainOps implements TrainOps {
     return this.fromHost(out, shape);
   }
 
-  /** (cos, sin) [len, D/2] of the f32 angle pos·inv_freq, computed in f64 (as the inference backend's table) */
-  private ropeTable(D: number, theta: number, maxPos: number): GPUBuffer {
-    const key = `${D}:${theta}`;
-    const cur = this.ropeTables.get(key);
-    if (cur && maxPos < cur.len) return cur.buffer;
-    let len = Math.max(256, cur ? cur.len : 0);
-    while (len <= maxPos) len *= 2;
-    const inv = ropeInvFreq(D, theta);
-    const half = D / 2;
-    const data = new Float32Array(len * half * 2);
-    for (let p = 0; p < len; p++) {
-      for (let i = 0; i < half; i++) {
-        const a = Math.fround(p * inv[i]);
-        data[2 * (p * half + i)] = Math.cos(a);
-        data[2 * (p * half + i) + 1] = Math.sin(a);
-      }
-    }
-    if (cur) this.ctx.retire(cur.buffer);
-    const buffer = this.ctx.createFilled(data, `rope table [${len}, ${half}]`);
-    this.ropeTables.set(key, { buffer, len });
-    return buffer;
-  }
-
   private ropeApply(x: Tensor, positions: Int32Array, heads: number, headDim: number, theta: number, sign: 1 | -1): Tensor {
     const [N, HD] = x.shape;
     if (HD !== heads * headDim || positions.length !== N || headDim % 2 !== 0) {
@@ -226,7 +201,7 @@ export class WebGPUTrainOps implements TrainOps {
     }
     let maxPos = 0;
     for (const p of positions) maxPos = Math.max(maxPos, Math.abs(p));
-    const table = this.ropeTable(headDim, theta, maxPos);
+    const table = this.backend.ropeTable(headDim, theta, maxPos);
     const y = this.out([N, HD]);
     // the kernel rotates a negative position by the negative angle: the transpose of the rotation
     const pos = sign === 1 ? positions : positions.map((p) => -p);
@@ -289,11 +264,8 @@ export class WebGPUTrainOps implements TrainOps {
     return { loss, dlogits };
   }
 
-  /** Frees the rope tables (the backend itself belongs to the caller). */
-  destroy(): void {
-    for (const t of this.ropeTables.values()) this.ctx.retire(t.buffer);
-    this.ropeTables.clear();
-  }
+  /** Nothing of its own to free: the rope tables are the backend's, and the backend belongs to the caller. */
+  destroy(): void {}
 }
 
 function checkAttention(q: Tensor, k: Tensor, v: Tensor, B: number, T: number, p: TrainAttentionParams): void {
