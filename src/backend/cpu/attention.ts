@@ -59,30 +59,22 @@ export function attentionForward(
           const ko = (kvBase + j) * D;
           let dot = 0;
           for (let d = 0; d < D; d++) dot += q[qo + d] * K[ko + d];
-          let e: number;
+          let s: number;
           if (gravity) {
             let d2 = qn + KN[kvBase + j] - 2 * dot;
             if (d2 < 0) d2 = 0;
-            const s = m2 / (d2 + eps);
-            if (pure) e = s; // gravity-pure: the weights are the scores themselves, normalised below
-            else if (fixedMax) e = Math.exp(s - mx);
-            else if (s > mx) {
-              const c = Math.exp(mx - s);
-              sum *= c;
-              for (let d = 0; d < D; d++) acc[d] *= c;
-              mx = s;
-              e = 1;
-            } else e = Math.exp(s - mx);
-          } else {
-            const s = scale * dot;
-            if (s > mx) {
-              const c = Math.exp(mx - s);
-              sum *= c;
-              for (let d = 0; d < D; d++) acc[d] *= c;
-              mx = s;
-              e = 1;
-            } else e = Math.exp(s - mx);
-          }
+            s = m2 / (d2 + eps);
+          } else s = scale * dot;
+          let e: number;
+          if (pure) e = s; // gravity-pure: the weights are the scores themselves, normalised below
+          else if (fixedMax) e = Math.exp(s - mx);
+          else if (s > mx) {
+            const c = Math.exp(mx - s);
+            sum *= c;
+            for (let d = 0; d < D; d++) acc[d] *= c;
+            mx = s;
+            e = 1;
+          } else e = Math.exp(s - mx);
           sum += e;
           for (let d = 0; d < D; d++) acc[d] += e * V[ko + d];
         }
