@@ -78,6 +78,14 @@ export interface Backend {
   readonly fused?: FusedLayerOps;
   /** optional: index of the largest value of each row of x [R, V] (first on ties), without reading x back */
   argmaxRows?(x: Tensor): Promise<Int32Array>;
+  /**
+   * Optional trio for greedy decoding that stays on the device (a GPU backend): the argmax ids of x [R, V] as an
+   * I32 tensor [R] (a row holding NaN/inf gives -1), an embedding lookup whose ids are such a tensor, and a
+   * read of it whose copy is queued at once, so the caller can record the next token while it completes.
+   */
+  argmaxDevice?(x: Tensor): Tensor;
+  embeddingDevice?(ids: Tensor, table: Tensor): Tensor;
+  readIds?(ids: Tensor): Promise<Int32Array>;
 
   /**
    * Upload a host tensor; F16/BF16 stay 16-bit (weights), other floats become F32. `hint` 'linear' says the

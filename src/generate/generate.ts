@@ -27,6 +27,8 @@ export interface GenerateOptions extends SamplingOptions {
   maxContext?: number;
   /** prompt tokens per forward call while prefilling, bounding activation memory (default 512) */
   prefillChunk?: number;
+  /** greedy decoding reads every token's logits to the host, as sampling does, instead of the model's greedyStream */
+  noDeviceGreedy?: boolean;
   /** called for every generated token (the callback form of generateStream) */
   onToken?: (t: GeneratedToken) => void;
 }
@@ -116,12 +118,16 @@ export async function* generateStream(
   };
 
   // the session's KV cache is freed however the loop ends (finished, thrown, or the caller stopped iterating)
+  let greedy: AsyncGenerator<Int32Array, void, void> | null = null;
   try {
     let logits: Float32Array | null = null;
     for (let s = 0; s < prompt.length; s += prefillChunk) {
       logits = await model.forward(session, [prompt.slice(s, s + prefillChunk)], { logits: 'last' });
     }
-    let row = readRow(logits!);
+    let row: Float32Array | null = readRow(logits!);
+    // greedy without penalties: the model may keep decoding on the device a few tokens ahead (no logits readback)
+    const o = sampler.options;
+    const onDevice = o.temperature === 0 && o.repetitionPenalty === 1 && !!model.greedyStream && !opts.noDeviceGreedy;
 
     const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
     const history = prompt.slice();
@@ -131,7 +137,13 @@ export async function* generateStream(
     const maxStop = stops.reduce((m, s) => Math.max(m, s.length), 0);
 
     for (;;) {
-      const id = sampler.sample(row, history);
+      let id: number;
+      if (row) id = sampler.sample(row, history);
+      else {
+        const r = await greedy!.next();
+        if (r.done) fail('greedy decoding ended early');
+        id = r.value[0];
+      }
       out.push(id);
       history.push(id);
       let finish: FinishReason | null = null;
@@ -171,9 +183,13 @@ export async function* generateStream(
         if (stream) result.text = text;
         return result;
       }
-      row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
+      if (onDevice) {
+        greedy ??= model.greedyStream!(session, [id]);
+        row = null;
+      } else row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
     }
   } finally {
+    await greedy?.return();
     model.closeSession?.(session);
   }
 }

@@ -115,7 +115,130 @@ export class Qwen2Model implements CausalLM {
       }
     }
 
-    let x = be.embedding(flat, this.weights.embed); // [B*T, C]
+    const x = await this.layers(be.embedding(flat, this.weights.embed), pos, session, start, T, opts); // [B*T, C]
+    let last = x;
+    const mode = opts.logits ?? 'last';
+    if (mode !== 'all') {
+      const rows = new Int32Array(B);
+      for (let b = 0; b < B; b++) rows[b] = b * T + T - 1;
+      last = be.gatherRows(x, rows); // [B, C]
+      be.dispose(x);
+    }
+    const logits = this.head(last); // [B or B*T, V]
+    if (mode === 'argmax') {
+      let ids: Int32Array;
+      if (be.argmaxRows) ids = await be.argmaxRows(logits);
+      else {
+        const all = await be.read(logits); // [B, V]
+        const V = c.vocabSize;
+        ids = new Int32Array(B);
+        for (let b = 0; b < B; b++) {
+          let best = 0;
+          for (let j = 0; j < V; j++) {
+            const v = all[b * V + j];
+            if (!Number.isFinite(v)) fail(`the logits hold ${v} (token ${j}): the model produced non-finite values (check the weights and masses)`);
+            if (v > all[b * V + best]) best = j;
+          }
+          ids[b] = best;
+        }
+      }
+      be.dispose(logits);
+      return Float32Array.from(ids);
+    }
+    const out = await be.read(logits);
+    be.dispose(logits);
+    return out;
+  }
+
+  /** final RMSNorm and lm_head; consumes x [R, C], returns logits [R, V] */
+  private head(x: Tensor): Tensor {
+    const hn = this.backend.rmsnorm(x, this.weights.norm, this.config.rmsNormEps);
+    this.backend.dispose(x);
+    const logits = this.backend.linear(hn, this.weights.lmHead, null); // [R, V]
+    this.backend.dispose(hn);
+    return logits;
+  }
+
+  /**
+   * Greedy decoding kept on the device: feeds `first` (one token per sequence), yields the argmax ids of each
+   * step. With a backend that has argmaxDevice/embeddingDevice/readIds, the next step's kernels are recorded while
+   * the previous ids are still being read back (`lookahead` steps in flight), so the GPU never waits for the host.
+   * When the caller stops (return()), the session is rolled back to exactly what a step-by-step loop would hold:
+   * `first` and every yielded id but the last, fed; the steps computed ahead are forgotten.
+   */
+  async *greedyStream(session: Session, first: readonly number[], lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+    const be = this.backend;
+    const B = session.batch;
+    if (first.length !== B) fail(`greedyStream: ${first.length} tokens given to a session of batch ${B}`);
+    const cache = session.cache;
+    const start0 = cache.length;
+    const pos0 = session.positions.slice();
+    let consumed = 0;
+    if (!be.argmaxDevice || !be.embeddingDevice || !be.readIds) {
+      try {
+        let ids = Int32Array.from(first);
+        for (;;) {
+          ids = Int32Array.from(await this.forward(session, [...ids].map((t) => [t]), { logits: 'argmax' }));
+          consumed++;
+          yield ids;
+        }
+      } finally {
+        this.rollback(session, start0, pos0, consumed);
+      }
+    }
+    const inflight: Promise<Int32Array>[] = [];
+    let idT: Tensor | null = null;
+    try {
+      for (;;) {
+        if (cache.length < session.maxLen) {
+          const fed: number[][] | Tensor = idT ?? first.map((t) => [t]);
+          const next = await this.deviceStep(session, fed);
+          if (idT) be.dispose(idT); // the pool hands it out again only to work recorded after this step's read
+          idT = next;
+          const p = be.readIds(next);
+          p.catch(() => {}); // a step computed ahead may never be awaited
+          inflight.push(p);
+          if (inflight.length < lookahead) continue;
+        } else if (inflight.length === 0) fail(`context full: ${cache.length + 1} tokens > ${session.maxLen} (the session's limit)`);
+        const ids = await inflight.shift()!;
+        consumed++;
+        yield ids;
+      }
+    } finally {
+      if (idT) be.dispose(idT);
+      this.rollback(session, start0, pos0, consumed);
+    }
+  }
+
+  private rollback(session: Session, start0: number, pos0: Int32Array, consumed: number): void {
+    session.cache.length = Math.min(session.cache.length, start0 + consumed);
+    for (let b = 0; b < session.batch; b++) session.positions[b] = pos0[b] + consumed;
+  }
+
+  /** one decode step whose input ids are host ids or the device tensor of the previous step; returns its argmax tensor */
+  private async deviceStep(session: Session, ids: number[][] | Tensor): Promise<Tensor> {
+    const be = this.backend;
+    const B = session.batch;
+    const cache = session.cache;
+    const start = cache.length;
+    const pos = new Int32Array(B); // [B]
+    for (let b = 0; b < B; b++) {
+      cache.keyValid[b * session.maxLen + start] = 1;
+      pos[b] = session.positions[b]++;
+    }
+    const x0 = Array.isArray(ids) ? be.embedding(Int32Array.from(ids, (r) => r[0]), this.weights.embed) : be.embeddingDevice!(ids, this.weights.embed);
+    const x = await this.layers(x0, pos, session, start, 1, {}); // [B, C]
+    const logits = this.head(x); // [B, V]
+    const next = be.argmaxDevice!(logits); // [B] on the device
+    be.dispose(logits);
+    return next;
+  }
+
+  /** the decoder layers on x [B*T, C] (consumed) for slots [start, start + T); sets the cache length */
+  private async layers(x: Tensor, pos: Int32Array, session: Session, start: number, T: number, opts: ForwardOptions): Promise<Tensor> {
+    const be = this.backend;
+    const c = this.config;
+    const cache = session.cache;
     if (be.fused) x = await this.fusedLayers(x, pos, session, start, T, opts);
     else for (let l = 0; l < c.numLayers; l++) {
       const w = this.weights.layers[l];
@@ -154,37 +277,7 @@ export class Qwen2Model implements CausalLM {
       be.dispose(d);
     }
     cache.length = start + T;
-    let last = x;
-    const mode = opts.logits ?? 'last';
-    if (mode !== 'all') {
-      const rows = new Int32Array(B);
-      for (let b = 0; b < B; b++) rows[b] = b * T + T - 1;
-      last = be.gatherRows(x, rows); // [B, C]
-      be.dispose(x);
-    }
-    const hn = be.rmsnorm(last, this.weights.norm, c.rmsNormEps);
-    be.dispose(last);
-    const logits = be.linear(hn, this.weights.lmHead, null); // [B or B*T, V]
-    be.dispose(hn);
-    if (mode === 'argmax') {
-      let ids: Int32Array;
-      if (be.argmaxRows) ids = await be.argmaxRows(logits);
-      else {
-        const all = await be.read(logits); // [B, V]
-        const V = c.vocabSize;
-        ids = new Int32Array(B);
-        for (let b = 0; b < B; b++) {
-          let best = 0;
-          for (let j = 1; j < V; j++) if (all[b * V + j] > all[b * V + best]) best = j;
-          ids[b] = best;
-        }
-      }
-      be.dispose(logits);
-      return Float32Array.from(ids);
-    }
-    const out = await be.read(logits);
-    be.dispose(logits);
-    return out;
+    return x;
   }
 
   /**

@@ -37,5 +37,10 @@ export interface CausalLM {
   closeSession(session: Session): void;
   /** Runs ids [batch][T] after what the session already holds; returns logits as chosen by opts.logits. */
   forward(session: Session, ids: number[][], opts?: ForwardOptions): Promise<Float32Array>;
+  /**
+   * Greedy decoding from `first` (one id per sequence): yields each step's argmax ids. May run a few steps ahead
+   * on the device; stopping the iteration leaves the session as a step-by-step loop would (see model/qwen2.ts).
+   */
+  greedyStream?(session: Session, first: readonly number[], lookahead?: number): AsyncGenerator<Int32Array, void, void>;
   dispose(): void;
 }

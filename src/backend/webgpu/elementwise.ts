@@ -62,10 +62,14 @@ fn main(${BUILTINS}) {
   ctx.dispatch(pl, new Params().u(C).f(eps), [x, w, y], ctx.grid(N));
 }
 
-/** Row gather from a table in any width: y[n, :] = table[ids[n], :] (embedding, gatherRows). */
-export function gatherKernel(ctx: GpuContext, ids: Int32Array, table: GPUBuffer, tdt: WDType, y: GPUBuffer, C: number): void {
-  const n = ids.length * C;
-  const pl = ctx.pipeline(`gather:${tdt}`, () => `struct P { n: u32, C: u32 }
+/**
+ * Row gather from a table in any width: y[n, :] = table[ids[n], :] (embedding, gatherRows). `ids` comes from the
+ * host, or is a GPU buffer of `rows` ids (greedy decoding feeds the argmax of the last token without a readback).
+ */
+export function gatherKernel(ctx: GpuContext, ids: Int32Array | GPUBuffer, table: GPUBuffer, tdt: WDType, y: GPUBuffer, C: number, rows = 0): void {
+  const onHost = ids instanceof Int32Array;
+  const n = (onHost ? ids.length : rows) * C;
+  const pl = ctx.pipeline(`gather:${tdt}:${onHost ? 'host' : 'buf'}`, () => `struct P { n: u32, C: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 ${scalarLoad('t', 2, tdt)}
@@ -78,7 +82,7 @@ fn main(${BUILTINS}) {
   let row = i / p.C;
   y[i] = ld_t(ids[row] * p.C + (i - row * p.C));
 }`);
-  ctx.dispatch(pl, new Params().u(n, C), [{ data: ids }, table, y], ctx.grid(Math.ceil(n / WG)));
+  ctx.dispatch(pl, new Params().u(n, C), [onHost ? { data: ids } : ids, table, y], ctx.grid(Math.ceil(n / WG)));
 }
 
 /**

@@ -250,17 +250,22 @@ export function argmaxKernel(ctx: GpuContext, x: GPUBuffer, out: GPUBuffer, R: n
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
+var<workgroup> bad: atomic<u32>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let base = wid.x * p.V;
   var best = -3.4e38;
   var idx = 0xffffffffu;
+  var finite = true;
   for (var i = lid; i < p.V; i += 256u) {
     let v = x[base + i];
+    // NaN fails every comparison, so this also catches NaN; the host turns -1 into an error
+    finite = finite && abs(v) <= 3.40282346e38;
     if (v > best || idx == 0xffffffffu) { best = v; idx = i; }
   }
   bv[lid] = best;
   bi[lid] = idx;
+  if (!finite) { atomicStore(&bad, 1u); }
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) {
     if (lid < s) {
@@ -270,7 +275,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
   }
-  if (lid == 0u) { out[wid.x] = select(bi[0], 0u, bi[0] == 0xffffffffu); }
+  let anyBad = atomicLoad(&bad);
+  if (lid == 0u) { out[wid.x] = select(select(bi[0], 0u, bi[0] == 0xffffffffu), 0xffffffffu, anyBad != 0u); }
 }`);
   ctx.dispatch(pl, new Params().u(V), [x, out], [R]);
 }
