@@ -328,14 +328,43 @@ export class WebGPUBackend implements Backend {
 
   /** Greedy ids: argmax of each row of x [R, V] on the GPU; only R * 4 bytes come back. */
   async argmaxRows(x: Tensor): Promise<Int32Array> {
+    const ids = this.argmaxDevice(x);
+    try {
+      return await this.readIds(ids);
+    } finally {
+      this.dispose(ids);
+    }
+  }
+
+  /** argmax ids of each row of x [R, V] as an I32 tensor [R] that stays on the GPU (-1 for a non-finite row) */
+  argmaxDevice(x: Tensor): Tensor {
     const t = needF32(x, 'argmaxRows', 'x');
     const V = t.shape[t.shape.length - 1];
     const R = numel(t.shape) / V;
-    const out = this.ctx.alloc(R * 4, 'argmax ids');
-    argmaxKernel(this.ctx, t.buf, out, R, V);
-    const raw = await this.ctx.readBuffer(out, 0, R * 4);
-    this.ctx.release(out);
-    return new Int32Array(raw);
+    const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'argmax ids'), R * 4, true);
+    argmaxKernel(this.ctx, t.buf, out.buf, R, V);
+    return out;
+  }
+
+  embeddingDevice(ids: Tensor, table: Tensor): Tensor {
+    const it = g(ids);
+    const tb = g(table);
+    if (it.dtype !== 'I32' || it.shape.length !== 1) throw new GravityError(`embedding: device ids must be I32 [N], got ${it.dtype} ${shapeStr(it.shape)}`);
+    if (tb.shape.length !== 2) throw new GravityError(`embedding: table must be [V, C], got ${shapeStr(tb.shape)}`);
+    const y = this.out([it.shape[0], tb.shape[1]]);
+    gatherKernel(this.ctx, it.buf, tb.buf, asWeightType(tb.dtype, 'embedding table'), y.buf, tb.shape[1], it.shape[0]);
+    return y;
+  }
+
+  /** The copy to the host is recorded and submitted before this returns (the wait is the caller's to overlap). */
+  readIds(ids: Tensor): Promise<Int32Array> {
+    const t = g(ids);
+    if (t.dtype !== 'I32') throw new GravityError(`readIds: expected an I32 tensor, got ${t.dtype}`);
+    return this.ctx.readBuffer(t.buf, 0, t.bytes).then((raw) => {
+      const out = new Int32Array(raw);
+      if (out.includes(-1)) throw new GravityError('the logits hold NaN or infinity: the model produced non-finite values (check the weights and masses)');
+      return out;
+    });
   }
 
   createKVCache(numLayers: number, batch: number, maxLen: number, numKVHeads: number, headDim: number): KVCache {
