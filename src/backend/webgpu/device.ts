@@ -65,6 +65,8 @@ export interface DeviceInfo {
   timestamps: boolean;
   /** lanes the GEMV reductions combine with subgroup shuffles (GpuContext.sg); 0 without the `subgroups` feature */
   subgroupLanes: number;
+  /** `chromium-experimental-subgroup-matrix` was enabled (asked for by subgroupMatrix and offered with i8 16x16x32) */
+  subgroupMatrix: boolean;
 }
 
 /**
@@ -81,7 +83,7 @@ function subgroupLanes(adapter: GPUAdapter, want: boolean | undefined): number {
   return lanes >= 4 && (lanes & (lanes - 1)) === 0 ? lanes : 0;
 }
 
-export async function createDevice(opts: { timestamps?: boolean; powerPreference?: GPUPowerPreference; subgroups?: boolean } = {}): Promise<DeviceInfo> {
+export async function createDevice(opts: { timestamps?: boolean; powerPreference?: GPUPowerPreference; subgroups?: boolean; subgroupMatrix?: boolean } = {}): Promise<DeviceInfo> {
   let adapter: GPUAdapter | null;
   try {
     adapter = await getAdapter(opts.powerPreference);
@@ -98,8 +100,13 @@ export async function createDevice(opts: { timestamps?: boolean; powerPreference
   const requiredFeatures: GPUFeatureName[] = [];
   if (timestamps) requiredFeatures.push('timestamp-query');
   if (sg) requiredFeatures.push('subgroups' as GPUFeatureName);
+  // int8 tensor cores for the Q8 linears (linear-q8.ts); the adapter offers it only with allow_unsafe_apis
+  const cfgs = ((adapter.info as unknown as { subgroupMatrixConfigs?: { componentType: string; M: number; N: number; K: number }[] }).subgroupMatrixConfigs ?? []);
+  const sm = !!opts.subgroupMatrix && adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && adapter.features.has('subgroups')
+    && cfgs.some((c) => String(c.componentType) === 'i8' && Number(c.M) === 16 && Number(c.N) === 16 && Number(c.K) === 32);
+  if (sm) requiredFeatures.push(...(['chromium-experimental-subgroup-matrix', ...(sg ? [] : ['subgroups'])] as GPUFeatureName[]));
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   const info = adapter.info;
   const adapterName = [info?.vendor, info?.architecture, info?.device, info?.description].filter((s) => s).join(' ') || 'unknown';
-  return { device, adapterName, features: [...adapter.features], timestamps, subgroupLanes: sg };
+  return { device, adapterName, features: [...adapter.features], timestamps, subgroupLanes: sg, subgroupMatrix: sm };
 }
