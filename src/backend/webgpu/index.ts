@@ -12,6 +12,7 @@ import { GpuContext, GpuTensor } from './context.js';
 import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
 import { GEMV_MAX_N, linearKernel } from './linear.js';
+import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
 import { addRmsnormKernel, argmaxKernel, fusedGemvFits, gateUpGemv, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
@@ -53,6 +54,10 @@ export class WebGPUBackend implements Backend {
     gateUp: (h, g, gb, u, ub) => this.gateUp(h, g, gb, u, ub),
   };
 
+  /** int8 prefill linears (linear-q8.ts; GRAVITY_WEBGPU_Q8): which GEMM, null = off; weights quantized on first use */
+  q8: Q8Kind | null = null;
+  private q8w: Q8Cache<GpuTensor> | null = null;
+
   constructor(readonly ctx: GpuContext, readonly adapterName: string, readonly features: string[]) {}
 
   private out(shape: number[]): GpuTensor {
@@ -89,6 +94,7 @@ export class WebGPUBackend implements Backend {
   dispose(x: Tensor | KVCache): void {
     if (x instanceof GpuKVCache) return x.destroy();
     const t = g(x as Tensor);
+    this.q8w?.drop(t);
     const cat = this.biasCat.get(t);
     if (cat !== undefined) {
       if (cat) this.ctx.retire(cat.buf);
@@ -142,6 +148,11 @@ export class WebGPUBackend implements Backend {
     const y = this.out([N, OUT]);
     if (N === 0) return y;
     const wdt = asWeightType(wt.dtype, 'linear weight');
+    if (this.q8 && N > GEMV_MAX_N) {
+      const q = (this.q8w ??= new Q8Cache(this.ctx)).get(wt, wt.buf, wdt, OUT, IN);
+      linearQ8(this.ctx, t.buf, q, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, this.q8);
+      return y;
+    }
     linearKernel(this.ctx, t.buf, wt.buf, wdt, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT);
     return y;
   }
@@ -446,11 +457,17 @@ export interface WebGPUBackendOptions {
   profile?: boolean;
   /** GEMV reductions with subgroup shuffles when the adapter has `subgroups` (default; GRAVITY_WEBGPU_SUBGROUPS=0 turns it off) */
   subgroups?: boolean;
+  /** int8 prefill linears (also GRAVITY_WEBGPU_Q8=1|sm|dp4a): tensor cores where the device has subgroup matrices, else DP4A */
+  q8?: boolean | 'auto' | Q8Kind;
 }
 
 export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
   const envProfile = typeof process !== 'undefined' && process.env?.GRAVITY_WEBGPU_PROFILE === '1';
   const profile = opts.profile ?? envProfile;
-  const { device, adapterName, features, timestamps, subgroupLanes } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference, subgroups: opts.subgroups });
-  return new WebGPUBackend(new GpuContext(device, timestamps, subgroupLanes), adapterName, features);
+  const q8 = q8Wanted(opts.q8);
+  const { device, adapterName, features, timestamps, subgroupLanes, subgroupMatrix } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference, subgroups: opts.subgroups, subgroupMatrix: q8 === 'auto' || q8 === 'sm' });
+  const be = new WebGPUBackend(new GpuContext(device, timestamps, subgroupLanes), adapterName, features);
+  if (q8 === 'sm' && !subgroupMatrix) throw new GravityError('WebGPU: Q8 tensor-core GEMM asked for, but the device has no i8 subgroup matrices (GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis?)');
+  be.q8 = q8 === 'auto' ? (subgroupMatrix ? 'sm' : 'dp4a') : q8;
+  return be;
 }
