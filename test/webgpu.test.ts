@@ -11,7 +11,7 @@ import { fromF32, toF32, type DType, type HostTensor } from '../src/tensor/dtype
 import { ropeForward, ropeInvFreq } from '../src/backend/cpu/ops.js';
 import { attentionForward, attentionProbs, type CpuKVLayer } from '../src/backend/cpu/attention.js';
 import { GravityError } from '../src/errors.js';
-import { gemmTile } from '../src/backend/webgpu/linear.js';
+import { legacyTile as gemmTile } from '../src/backend/webgpu/gemm.js';
 import { gravityFixedMax } from '../src/backend/webgpu/attention.js';
 import * as path from 'node:path';
 import { loadModel } from '../src/model/load.js';

@@ -7,11 +7,11 @@
  * `subgroups` (else in workgroup memory), see warpSums. 8 rows per 256-thread workgroup. The shader is specialised for
  * N in {1, 2, 4, 8} (unrolled accumulators); other N use the next size up with uniform guards.
  *
- * GEMM (prefill): 64x64 output tiles (128x128 for big prefills), 16-deep K slices staged in workgroup memory,
- * 4x4 (8x8) adjacent outputs per thread whose operands are read as vec4 from workgroup memory.
+ * GEMM (prefill, N > GEMV_MAX_N): gemm.ts.
  */
 import { Params, type GpuContext } from './context.js';
 import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
+import { gemmKernel } from './gemm.js';
 
 export const GEMV_MAX_N = 8;
 const LANES = 32;
@@ -63,83 +63,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-const TK = 16;
-/** big prefills: 128x128 tiles with 8x8 outputs per thread, once there are this many tiles to fill the GPU */
-const BIG_TILE_MIN_GROUPS = 264;
-
-/**
- * TM x TM output tile, 256 threads as 16 x 16, each computing an MT x MT block (MT = TM/16) of adjacent rows
- * and columns, so that its operands come out of workgroup memory as vec4 loads: per k, MT/2 vector loads feed
- * MT² FMAs (scalar loads would be 2 MT, which on NVIDIA saturates the shared-memory pipe before the FMA units).
- */
-function gemmShader(dt: WDType, bias: WDType | null, TM: number): string {
-  const MT = TM / 16; // outputs per thread along each axis
-  const L = (TM * TK) / 256; // elements each thread loads per matrix per K slice
-  const TPRW = TK / L; // threads sharing one tile row in the loader
-  return `struct P { N: u32, IN: u32, OUT: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-${scalarLoad('w', 2, dt)}
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-${bias ? scalarLoad('bias', 4, bias) : ''}
-var<workgroup> As: array<vec4<f32>, ${(TK * TM) / 4}>;   // [k][row of x], 4 rows a vector
-var<workgroup> Bs: array<vec4<f32>, ${(TK * TM) / 4}>;   // [k][row of w]
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
-  let o0 = wid.x * ${TM}u;
-  let m0 = wid.y * ${TM}u;
-  let tx = li.x;
-  let ty = li.y;
-  // loader: ${TPRW} consecutive threads read ${TK} consecutive k of one row (${L} each)
-  let lr = lid / ${TPRW}u;
-  let lk = (lid % ${TPRW}u) * ${L}u;
-  let xm = m0 + lr;
-  let wo = o0 + lr;
-  var acc: array<array<f32, ${MT}>, ${MT}>;
-  for (var k0 = 0u; k0 < p.IN; k0 += ${TK}u) {
-    for (var c = 0u; c < ${L}u; c++) {
-      let k = k0 + lk + c;
-      var av = 0.0;
-      var bv = 0.0;
-      if (k < p.IN) {
-        if (xm < p.N) { av = x[xm * p.IN + k]; }
-        if (wo < p.OUT) { bv = ld_w(wo * p.IN + k); }
-      }
-      let si = (lk + c) * ${TM}u + lr;
-      As[si / 4u][si % 4u] = av;
-      Bs[si / 4u][si % 4u] = bv;
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${TK}u; kk++) {
-      var a: array<vec4<f32>, ${MT / 4}>;
-      var b: array<vec4<f32>, ${MT / 4}>;
-      for (var q = 0u; q < ${MT / 4}u; q++) {
-        a[q] = As[kk * ${TM / 4}u + ty * ${MT / 4}u + q];
-        b[q] = Bs[kk * ${TM / 4}u + tx * ${MT / 4}u + q];
-      }
-      for (var i = 0u; i < ${MT}u; i++) {
-        let ai = a[i / 4u][i % 4u];
-        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] = fma(ai, b[j / 4u][j % 4u], acc[i][j]); }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < ${MT}u; i++) {
-    let m = m0 + ty * ${MT}u + i;
-    if (m >= p.N) { continue; }
-    for (var j = 0u; j < ${MT}u; j++) {
-      let o = o0 + tx * ${MT}u + j;
-      if (o < p.OUT) { y[m * p.OUT + o] = acc[i][j]${bias ? ' + ld_bias(o)' : ''}; }
-    }
-  }
-}`;
-}
-
-/** 128-wide tiles only when there are enough of them; otherwise 64 (more workgroups for mid-size prefills). */
-export function gemmTile(N: number, OUT: number): number {
-  return Math.ceil(N / 128) * Math.ceil(OUT / 128) >= BIG_TILE_MIN_GROUPS ? 128 : 64;
-}
-
 export function linearKernel(
   ctx: GpuContext, x: GPUBuffer, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
   y: GPUBuffer, N: number, IN: number, OUT: number,
@@ -153,10 +76,5 @@ export function linearKernel(
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }
-  const TM = gemmTile(N, OUT);
-  const gx = Math.ceil(OUT / TM);
-  const gy = Math.ceil(N / TM);
-  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new Error(`linear: [${N}, ${OUT}] output is too large for one dispatch`);
-  const pl = ctx.pipeline(`gemm:${TM}:${wdt}:${bias}`, () => gemmShader(wdt, bias, TM));
-  ctx.dispatch(pl, new Params().u(N, IN, OUT), binds, [gx, gy]);
+  gemmKernel(ctx, x, w, wdt, b, bdt, y, N, IN, OUT);
 }
