@@ -17,7 +17,7 @@ import type { WDType } from '../src/backend/webgpu/wgsl.js';
 
 const DEFAULT_VARIANTS = [
   'legacy', 'auto', '128x128x32/8x8', '128x128x16/8x8', '128x128x32/8x8/nopf', '128x64x32/8x4', '64x128x32/4x8',
-  '64x64x32/4x4', '64x64x16/4x4', '128x128x8/8x8',
+  '64x64x32/4x4', '64x64x16/4x4', '128x128x8/8x8', '128x128x16/8x8/db', '128x64x16/8x4/db', '64x64x32/4x4/db',
 ];
 const { values } = parseArgs({
   options: {
@@ -135,6 +135,9 @@ for (const N of Ns) {
     fillBuf(x, N * IN, 1, 0);
     fillBuf(w, wdt === 'F32' ? OUT * IN : (OUT * IN) / 2, 2, wdt === 'F32' ? 0 : wdt === 'BF16' ? 1 : 2);
     gemmKernel(ctx, x, w, wdt, null, null, yRef, N, IN, OUT, { legacy: legacyTile(N, OUT) });
+    fillBuf(y, N * OUT, 0, 3, 0x7fc00000);
+    const [nanD] = await maxDiff(y, yRef, N * OUT);
+    if (nanD < 1e38) throw new Error(`bench: the difference check missed NaN outputs (${nanD})`);
     for (const v of variants) {
       if (remaining() < 0) {
         log(`  ${v.padEnd(22)} skipped: out of --budget`);

@@ -1,6 +1,6 @@
 /**
  * The prefill GEMM's kernel variants (gemm.ts) against a float64 reference: every staging layout (swizzled BK = 32,
- * padded BK = 16 / 8), with and without register prefetch, tiles whose loaders do and do not divide evenly, a K tail,
+ * padded BK = 16 / 8), with and without register prefetch, one or two staging buffers, tiles whose loaders do and do not divide evenly, a K tail,
  * ragged N / OUT, bias, and F32 / F16 / BF16 weights; plus the legacy kernel (IN not a multiple of 8).
  */
 import { after, before, describe, test } from 'node:test';
@@ -33,6 +33,8 @@ describe('webgpu gemm variants', () => {
     assert.equal(gemmName(parseGemm('128x128x32/8x8')), '128x128x32/8x8');
     assert.equal(gemmName(parseGemm('64x64x16/4x4/nopf')), '64x64x16/4x4/nopf');
     assert.equal(gemmName(parseGemm('legacy:64')), 'legacy:64');
+    assert.equal(gemmName(parseGemm('128x128x16/8x8/db')), '128x128x16/8x8/db');
+    assert.equal(gemmSharedBytes(parseGemm('64x64x32/4x4/db') as never), 32768);
     assert.throws(() => parseGemm('128x128x12/8x8'));
     assert.throws(() => parseGemm('256x256x32/4x4')); // 4096 threads
     assert.equal(gemmSharedBytes(parseGemm('128x128x32/8x8') as never), 32768);
@@ -51,6 +53,8 @@ describe('webgpu gemm variants', () => {
       { cfg: '64x64x32/4x4/nopf', N: 65, IN: 96, OUT: 64, dt: 'BF16', bias: null }, // loads done in the slice
       { cfg: '64x64x16/4x4', N: 9, IN: 40, OUT: 67, dt: 'F16', bias: 'F16' }, // padded rows, half the threads load w
       { cfg: '64x32x8/4x2', N: 33, IN: 24, OUT: 37, dt: 'BF16', bias: null }, // stride 3, 256 threads, tiny slices
+      { cfg: '64x64x32/4x4/db', N: 70, IN: 104, OUT: 66, dt: 'BF16', bias: 'F32' }, // two stages, 4 slices, tail
+      { cfg: '64x32x16/4x2/db', N: 17, IN: 16, OUT: 40, dt: 'F32', bias: null }, // two stages, a single slice
       { cfg: 'legacy:64', N: 20, IN: 37, OUT: 30, dt: 'BF16', bias: 'BF16' },
     ];
     let seed = 100;

@@ -13,7 +13,8 @@
  *    4 k (TM + TN 16-byte loads feed 4·TM·TN FMAs). Rows of 8 vec4 (BK = 32) are XOR-swizzled (k4 ^ row % 8),
  *    other depths padded to an odd stride: either way 8 adjacent rows at one k hit 8 distinct 16-byte bank groups;
  *  - `prefetch`: the next K slice is loaded into registers while the current one is multiplied (one shared buffer,
- *    two barriers a slice: 32 KiB of workgroup memory is all some adapters give);
+ *    two barriers a slice: 32 KiB of workgroup memory is all some adapters give); `/db`: two shared buffers, one
+ *    barrier a slice, where the adapter has the memory;
  *  - ragged edges: row indices are clamped (rows past N / OUT load a real row; their outputs are never stored), so
  *    only a K tail (IN % BK != 0) needs a guarded load, compiled in only when needed.
  *
@@ -34,6 +35,8 @@ export interface GemmConfig {
   TN: number;
   /** load the next K slice into registers during the current one's FMAs */
   prefetch: boolean;
+  /** two staging buffers (implies prefetch): one barrier a slice instead of two, twice the workgroup memory */
+  double?: boolean;
 }
 
 /** `legacy:64` / `legacy:128` select the old kernel with that tile */
@@ -45,19 +48,19 @@ const SMALL = { BM: 64, BN: 64, BK: 32, TM: 4, TN: 4, prefetch: true };
 /** enough workgroups for about two per SM on a big GPU (132 SMs on an H100/H200) */
 const MIN_GROUPS = 264;
 
-/** `BMxBNxBK/TMxTN[/nopf]`, e.g. 128x128x32/8x8, or legacy:64 */
+/** `BMxBNxBK/TMxTN[/nopf|/db]`, e.g. 128x128x32/8x8, or legacy:64 */
 export function parseGemm(s: string): GemmChoice {
   const l = /^legacy:(64|128)$/.exec(s);
   if (l) return { legacy: Number(l[1]) };
-  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(\/nopf)?$/.exec(s);
-  if (!m) throw new Error(`gemm config '${s}': expected BMxBNxBK/TMxTN[/nopf] or legacy:64|128`);
-  const c = { BM: +m[1], BN: +m[2], BK: +m[3], TM: +m[4], TN: +m[5], prefetch: !m[6] };
+  const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(\/nopf|\/db)?$/.exec(s);
+  if (!m) throw new Error(`gemm config '${s}': expected BMxBNxBK/TMxTN[/nopf|/db] or legacy:64|128`);
+  const c = { BM: +m[1], BN: +m[2], BK: +m[3], TM: +m[4], TN: +m[5], prefetch: m[6] !== '/nopf', double: m[6] === '/db' };
   checkConfig(c);
   return c;
 }
 
 export function gemmName(c: GemmChoice): string {
-  return 'legacy' in c ? `legacy:${c.legacy}` : `${c.BM}x${c.BN}x${c.BK}/${c.TM}x${c.TN}${c.prefetch ? '' : '/nopf'}`;
+  return 'legacy' in c ? `legacy:${c.legacy}` : `${c.BM}x${c.BN}x${c.BK}/${c.TM}x${c.TN}${c.double ? '/db' : c.prefetch ? '' : '/nopf'}`;
 }
 
 function checkConfig(c: GemmConfig): void {
@@ -78,7 +81,7 @@ function layout(c: GemmConfig): { S: number; swz: boolean } {
 
 /** workgroup memory of a tiled config, bytes */
 export function gemmSharedBytes(c: GemmConfig): number {
-  return (c.BM + c.BN) * layout(c).S * 16;
+  return (c.BM + c.BN) * layout(c).S * 16 * (c.double ? 2 : 1);
 }
 
 /** The kernel for this shape: the widest tile that still gives MIN_GROUPS workgroups (else the smallest). */
@@ -117,7 +120,9 @@ export function gemmKernel(
 
 function tiledShader(c: GemmConfig, dt: WDType, bias: WDType | null, kTail: boolean): string {
   checkConfig(c);
-  const { BM, BN, BK, TM, TN, prefetch } = c;
+  const { BM, BN, BK, TM, TN } = c;
+  const db = !!c.double;
+  const prefetch = c.prefetch || db;
   const TX = BN / TN;
   const TY = BM / TM;
   const WG = TX * TY;
@@ -148,7 +153,7 @@ function tiledShader(c: GemmConfig, dt: WDType, bias: WDType | null, kTail: bool
     const cond = [exactA ? '' : `lid + ${WG * l}u < ${BM * KV}u`, kTail ? `kv0 + ak < K4` : ''].filter(Boolean).join(' && ');
     loadA.push(`${cond ? `if (${cond}) ` : ''}{ ra[${l}] = x[xr${l} + kv0 + ak]; }`);
     const live = exactA ? '' : `if (lid + ${WG * l}u < ${BM * KV}u) `;
-    storeA.push(`${live}{ As[${at(`ar + ${(WG / KV) * l}u`, 'ak')}] = ra[${l}]; }`);
+    storeA.push(`${live}{ As[soA + ${at(`ar + ${(WG / KV) * l}u`, 'ak')}] = ra[${l}]; }`);
     lines.push(`let xr${l} = min(r0 + ar + ${(WG / KV) * l}u, p.N - 1u) * K4;`);
   }
   for (let l = 0; l < LB; l++) {
@@ -158,8 +163,8 @@ function tiledShader(c: GemmConfig, dt: WDType, bias: WDType | null, kTail: bool
     const row = `br + ${(WG / KW) * l}u`;
     storeB.push(
       half
-        ? `${live}{ let v = rb[${l}]; Bs[${at(row, '2u * bk')}] = ${widen('v')}; Bs[${at(row, '2u * bk + 1u')}] = ${widen('v.zw')}; }`
-        : `${live}{ Bs[${at(row, 'bk')}] = rb[${l}]; }`,
+        ? `${live}{ let v = rb[${l}]; Bs[soB + ${at(row, '2u * bk')}] = ${widen('v')}; Bs[soB + ${at(row, '2u * bk + 1u')}] = ${widen('v.zw')}; }`
+        : `${live}{ Bs[soB + ${at(row, 'bk')}] = rb[${l}]; }`,
     );
     lines.push(`let wr${l} = min(c0 + br + ${(WG / KW) * l}u, p.OUT - 1u) * KW;`);
   }
@@ -176,9 +181,9 @@ function tiledShader(c: GemmConfig, dt: WDType, bias: WDType | null, kTail: bool
 
   // inner product of one staged slice: per 4 k, TN vec4 of B then, row by row, one vec4 of A and 4·TN FMAs
   const fma: string[] = [];
-  for (let j = 0; j < TN; j++) fma.push(`let b${j} = Bs[bb + ${j * TX * S}u + kb];`);
+  for (let j = 0; j < TN; j++) fma.push(`let b${j} = Bs[bbS + ${j * TX * S}u + kb];`);
   for (let i = 0; i < TM; i++) {
-    fma.push(`{ let a = As[ab + ${i * TY * S}u + ka];`);
+    fma.push(`{ let a = As[abS + ${i * TY * S}u + ka];`);
     for (const q of ['x', 'y', 'z', 'w']) {
       fma.push('  ' + Array.from({ length: TN }, (_, j) => `acc[${i * TN + j}] = fma(a.${q}, b${j}.${q}, acc[${i * TN + j}]);`).join(' '));
     }
@@ -195,14 +200,58 @@ function tiledShader(c: GemmConfig, dt: WDType, bias: WDType | null, kTail: bool
     epi.push('} }');
   }
 
+  const inner = `for (var k4 = 0u; k4 < ${KV}u; k4++) {
+      let ka = k4${swA};
+      let kb = k4${swB};
+      ${fma.join('\n      ')}
+    }`;
+  const next = `k0 + ${BK}u < p.IN`;
+  // one staging buffer: store, barrier, (prefetch the next slice,) multiply, barrier
+  const loop1 = `${prefetch ? load('0u') : ''}
+  let soA = 0u;
+  let soB = 0u;
+  let abS = ab;
+  let bbS = bb;
+  for (var k0 = 0u; k0 < p.IN; k0 += ${BK}u) {
+    ${prefetch ? '' : load('k0')}
+    ${store}
+    workgroupBarrier();
+    ${prefetch ? `if (${next}) ${load(`(k0 + ${BK}u)`)}` : ''}
+    ${inner}
+    workgroupBarrier();
+  }`;
+  // two: the slice in stage st is multiplied while the next is loaded and stored into stage 1 - st; the one barrier
+  // both publishes the stores and ends the reads of stage st before the next iteration overwrites it
+  const loop2 = `${load('0u')}
+  {
+    let soA = 0u;
+    let soB = 0u;
+    ${store}
+  }
+  workgroupBarrier();
+  var st = 0u;
+  for (var k0 = 0u; k0 < p.IN; k0 += ${BK}u) {
+    let abS = ab + st * ${BM * S}u;
+    let bbS = bb + st * ${BN * S}u;
+    if (${next}) ${load(`(k0 + ${BK}u)`)}
+    ${inner}
+    if (${next}) {
+      let soA = (1u - st) * ${BM * S}u;
+      let soB = (1u - st) * ${BN * S}u;
+      ${store}
+    }
+    workgroupBarrier();
+    st = 1u - st;
+  }`;
+
   return `struct P { N: u32, IN: u32, OUT: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<${wv}>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 4, bias) : ''}
-var<workgroup> As: array<vec4<f32>, ${BM * S}>; // [row of x][k / 4]${swz ? ', swizzled' : ''}
-var<workgroup> Bs: array<vec4<f32>, ${BN * S}>; // [row of w][k / 4]
+var<workgroup> As: array<vec4<f32>, ${BM * S * (db ? 2 : 1)}>; // [stage][row of x][k / 4]${swz ? ', swizzled' : ''}
+var<workgroup> Bs: array<vec4<f32>, ${BN * S * (db ? 2 : 1)}>; // [stage][row of w][k / 4]
 @compute @workgroup_size(${TX}, ${TY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
   let c0 = wid.x * ${BN}u;
@@ -221,19 +270,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc: array<f32, ${TM * TN}>;
   var ra: array<vec4<f32>, ${LA}>;
   var rb: array<${wv}, ${LB}>;
-  ${prefetch ? load('0u') : ''}
-  for (var k0 = 0u; k0 < p.IN; k0 += ${BK}u) {
-    ${prefetch ? '' : load('k0')}
-    ${store}
-    workgroupBarrier();
-    ${prefetch ? `if (k0 + ${BK}u < p.IN) ${load(`(k0 + ${BK}u)`)}` : ''}
-    for (var k4 = 0u; k4 < ${KV}u; k4++) {
-      let ka = k4${swA};
-      let kb = k4${swB};
-      ${fma.join('\n      ')}
-    }
-    workgroupBarrier();
-  }
+  ${db ? loop2 : loop1}
   ${epi.join('\n  ')}
 }`;
 }
