@@ -174,7 +174,7 @@ describe('webgpu int8 linears (DP4A GEMM)', () => {
     assert.throws(() => parseSmConfig('256x128:2x4:64'), /tile/);
     const code = smShader(SM_DEFAULT, 'BF16');
     assert.match(code, /enable chromium_experimental_subgroup_matrix;/);
-    assert.equal(code.match(/subgroupMatrixMultiplyAccumulate/g)?.length, 8); // 4 x 2 accumulators per subgroup
-    assert.match(code, /@workgroup_size\(256\)/);
+    assert.equal(code.match(/subgroupMatrixMultiplyAccumulate/g)?.length, 16); // 4 x 4 accumulators per subgroup
+    assert.match(code, /@workgroup_size\(128\)/);
   });
 });
