@@ -25,6 +25,7 @@ import type { AttentionKind, AttentionParams } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
 import type { GpuKVCache } from './kvcache.js';
+import { choosePrefillCfg, prefillKey, prefillShader } from './attention-prefill.js';
 
 interface Cfg {
   D: number;
@@ -286,6 +287,17 @@ export function attentionKernel(
   const L = c.layers[layer];
   c.syncMask();
   const decode = T === 1;
+  const fixed = gravityFixedMax(p);
+  const params = (kps: number, nsplit: number) => new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale).u(c.vOff / 4);
+  const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
+  // prefill: the register-tiled kernel (attention-prefill.ts) where a tile fits, else the one below
+  const pc = decode ? null : choosePrefillCfg(D, G, ctx.maxWorkgroupMem, ctx.sg);
+  if (pc) {
+    const pl = ctx.pipeline(prefillKey(pc, p.kind, fixed, ctx.sg), () => prefillShader(pc, p.kind, fixed, ctx.sg));
+    const TQ = Math.floor(pc.R / G);
+    ctx.dispatch(pl, params(start + T, 1), [q, L.kv, c.valid, mass, out], [Math.ceil(T / TQ), 1, B * Hkv]);
+    return;
+  }
   const cfg = chooseCfg(ctx, D, G, decode);
   const keys = start + T;
   let nsplit = 1;
@@ -296,19 +308,16 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const fixed = gravityFixedMax(p);
   const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
   const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed));
-  const params = new Params().u(T, start, c.maxLen, Hq, Hkv, kps, nsplit).f(p.eps, p.scale).u(c.vOff / 4);
-  const mass = { data: gravity ? p.massSq! : new Float32Array(1) };
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {
-    ctx.dispatch(pl, params, [q, L.kv, c.valid, mass, out], groups);
+    ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, out], groups);
     return;
   }
   const rows = B * T * Hq;
   const partial = ctx.alloc(rows * nsplit * (D + 2) * 4, 'attention partials');
-  ctx.dispatch(pl, params, [q, L.kv, c.valid, mass, partial], groups);
+  ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, partial], groups);
   const sums = fixed || p.kind === 'gravity-pure';
   const cpl = ctx.pipeline(`attn-combine:${D}:${sums}`, () => combineShader(D, sums));
   ctx.dispatch(cpl, new Params().u(rows * D, nsplit), [partial, out], ctx.grid(Math.ceil((rows * D) / 64)));
