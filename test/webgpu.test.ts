@@ -217,7 +217,7 @@ describe('webgpu backend', () => {
     for (const dt of DTYPES) {
       // N = 1, 3 (GEMV bucket 4), 8 (largest GEMV), 12 (GEMM path); D = 16 and the 3B's D = 128
       for (const [N, D, bias] of [[1, 16, true], [3, 16, false], [8, 16, true], [12, 16, true], [1, 128, true], [2, 128, false]] as const) {
-        test(`qkvRope, gateUp, addRmsnorm: ${dt}, ${N} rows, D=${D}, ${bias ? '' : 'no '}bias`, async () => {
+        test(`qkvRope, gateUp (with and without the norm prologue), linearAdd: ${dt}, ${N} rows, D=${D}, ${bias ? '' : 'no '}bias`, async () => {
           const B = N === 12 ? 2 : N; // 12 rows = batch 2 x 6 tokens
           const T = N / B;
           const Hq = 4, Hkv = 2, C = 64, I = 40, maxLen = 16, start = 5;
@@ -254,14 +254,23 @@ describe('webgpu backend', () => {
           const ut = be.linear(h, upw, ub);
           close(await be.read(be.fused.gateUp(h, gate, gb, upw, ub)), await be.read(be.swiglu(gt, ut)), 'gate/up + swiglu', 1e-6);
 
+          // the norm prologue: x is the residual stream, the projections read rmsnorm(x) * g
           const nw = up(rand(C, seed + 11), [C], dt);
-          const o = be.fromF32(rand(N * C, seed + 12), [N, C]);
-          const [y, hn] = be.fused.addRmsnorm(h, o, nw, 1e-6);
-          const y0 = be.add(h, o);
-          assert.deepEqual(await be.read(y), await be.read(y0));
-          assert.deepEqual(await be.read(hn), await be.read(be.rmsnorm(y0, nw, 1e-6)));
-          be.dispose(c1);
-          be.dispose(c2);
+          const hn = be.rmsnorm(h, nw, 1e-6);
+          const c3 = be.createKVCache(1, B, maxLen, Hkv, D);
+          const c4 = be.createKVCache(1, B, maxLen, Hkv, D);
+          const qn = be.fused.qkvRope(h, w, pos, 1e6, Hq, c3, 0, start, T, { w: nw, eps: 1e-6 });
+          const qu = be.fused.qkvRope(hn, w, pos, 1e6, Hq, c4, 0, start, T);
+          close(await be.read(qn), await be.read(qu), 'q of the norm prologue', 1e-5);
+          close(await readKV(c3), await readKV(c4), 'k, v of the norm prologue', 1e-5);
+          close(await be.read(be.fused.gateUp(h, gate, gb, upw, ub, { w: nw, eps: 1e-6 })), await be.read(be.fused.gateUp(hn, gate, gb, upw, ub)), 'gate/up of the norm prologue', 1e-5);
+
+          // the residual epilogue: res + linear(x, w, b), the same f32 operations as linear then add
+          const wo = up(rand(C * I, seed + 12, 0.3), [C, I], dt);
+          const bo = bias ? up(rand(C, seed + 13), [C], dt) : null;
+          const xi = be.fromF32(rand(N * I, seed + 14), [N, I]);
+          assert.deepEqual(await be.read(be.fused.linearAdd(xi, wo, bo, h)), await be.read(be.add(h, be.linear(xi, wo, bo))));
+          for (const c of [c1, c2, c3, c4]) be.dispose(c);
         });
       }
     }

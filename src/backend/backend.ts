@@ -57,19 +57,27 @@ export interface QKVWeights {
 
 /**
  * Optional fused pieces of a decoder layer. Each gives the result of the op sequence it names; a backend whose
- * cost is per kernel launch (webgpu) offers them so that the model issues fewer launches per token.
+ * cost is per kernel launch (webgpu) offers them so that the model issues fewer launches per token (decode: the
+ * norms go into the prologue of the GEMV that reads them, the residual adds into the epilogue of o and down).
  */
 export interface FusedLayerOps {
-  /** [y, h] with y = add(a, b), h = rmsnorm(y, w, eps) */
-  addRmsnorm(a: Tensor, b: Tensor, w: Tensor, eps: number): [Tensor, Tensor];
   /**
    * q = rope(linear(h, w.q, w.qb)), k = rope(linear(h, w.k, w.kb)), v = linear(h, w.v, w.vb) (positions,
    * theta, `numHeads` query heads and the cache's kv heads / head dim); k and v go into the cache as
-   * writeKV(cache, layer, k, v, start, T) puts them. Returns q [N, numHeads * headDim].
+   * writeKV(cache, layer, k, v, start, T) puts them. Returns q [N, numHeads * headDim]. With `norm`, `h` is the
+   * residual stream and the projections take rmsnorm(h, norm.w, norm.eps).
    */
-  qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, numHeads: number, cache: KVCache, layer: number, start: number, T: number): Tensor;
-  /** swiglu(linear(h, gate, gateb), linear(h, up, upb)) */
-  gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null): Tensor;
+  qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, numHeads: number, cache: KVCache, layer: number, start: number, T: number, norm?: NormArg): Tensor;
+  /** swiglu(linear(h, gate, gateb), linear(h, up, upb)), of rmsnorm(h, norm.w, norm.eps) when `norm` is given */
+  gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null, norm?: NormArg): Tensor;
+  /** add(res, linear(x, w, b)): the residual add of a decoder layer */
+  linearAdd(x: Tensor, w: Tensor, b: Tensor | null, res: Tensor): Tensor;
+}
+
+/** an RMSNorm to apply to a fused op's input first */
+export interface NormArg {
+  w: Tensor;
+  eps: number;
 }
 
 export interface Backend {

@@ -281,47 +281,31 @@ export class Qwen2Model implements CausalLM {
   }
 
   /**
-   * The decoder layers through the backend's fused ops (same results, fewer kernel launches): the residual add
-   * and the next RMSNorm in one op, q/k/v + RoPE + KV write in one, gate/up + SwiGLU in one. Returns x [B*T, C].
+   * The decoder layers through the backend's fused ops (same results, fewer kernel launches): each RMSNorm goes
+   * with the projections that read it (q/k/v + RoPE + KV write; gate/up + SwiGLU), each residual add with the
+   * projection whose output it adds (o, down). Returns x [B*T, C].
    */
   private async fusedLayers(x: Tensor, pos: Int32Array, session: Session, start: number, T: number, opts: ForwardOptions): Promise<Tensor> {
     const be = this.backend;
     const f = be.fused!;
     const c = this.config;
-    const cache = session.cache;
-    let d: Tensor | null = null; // the last MLP output, not yet added to x
+    const eps = c.rmsNormEps;
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.weights.layers[l];
-      let h: Tensor;
-      if (d) {
-        const [x1, h1] = f.addRmsnorm(x, d, w.inputNorm, c.rmsNormEps);
-        be.dispose(x);
-        be.dispose(d);
-        x = x1;
-        h = h1;
-      } else h = be.rmsnorm(x, w.inputNorm, c.rmsNormEps); // [B*T, C]
-      const q = f.qkvRope(h, w, pos, c.ropeTheta, c.numHeads, cache, l, start, T); // [B*T, Hq*D]
-      be.dispose(h);
+      const q = f.qkvRope(x, w, pos, c.ropeTheta, c.numHeads, session.cache, l, start, T, { w: w.inputNorm, eps }); // [B*T, Hq*D]
       const p = attentionParams(this.attention, c, this.massLog[l], this.eps);
-      if (opts.attentionMaps) opts.attentionMaps.push(await be.attentionProbs(q, cache, l, start, T, p));
-      const a = be.attention(q, cache, l, start, T, p); // [B*T, Hq*D]
+      if (opts.attentionMaps) opts.attentionMaps.push(await be.attentionProbs(q, session.cache, l, start, T, p));
+      const a = be.attention(q, session.cache, l, start, T, p); // [B*T, Hq*D]
       be.dispose(q);
-      const o = be.linear(a, w.o, w.ob); // [B*T, C]
+      const x1 = f.linearAdd(a, w.o, w.ob, x); // [B*T, C]
       be.dispose(a);
-      const [x1, h2] = f.addRmsnorm(x, o, w.postNorm, c.rmsNormEps);
       be.dispose(x);
-      be.dispose(o);
-      x = x1;
-      const m = f.gateUp(h2, w.gate, w.gateb, w.up, w.upb); // [B*T, I]
-      be.dispose(h2);
-      d = be.linear(m, w.down, w.downb); // [B*T, C]
+      const m = f.gateUp(x1, w.gate, w.gateb, w.up, w.upb, { w: w.postNorm, eps }); // [B*T, I]
+      x = f.linearAdd(m, w.down, w.downb, x1); // [B*T, C]
       be.dispose(m);
+      be.dispose(x1);
     }
-    if (!d) return x;
-    const y = be.add(x, d);
-    be.dispose(x);
-    be.dispose(d);
-    return y;
+    return x;
   }
 
   dispose(): void {

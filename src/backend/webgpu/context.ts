@@ -99,6 +99,7 @@ export class GpuContext {
   readonly maxBuffer: number;
   readonly maxWorkgroupMem: number;
   readonly maxGroups: number;
+  readonly maxStorageBuffers: number;
   private kernels = new Map<string, Kernel>();
   private bindGroups = new Map<string, GPUBindGroup>();
   private bufIds = new WeakMap<GPUBuffer, number>();
@@ -134,6 +135,7 @@ export class GpuContext {
     this.maxBuffer = l.maxBufferSize;
     this.maxWorkgroupMem = l.maxComputeWorkgroupStorageSize;
     this.maxGroups = l.maxComputeWorkgroupsPerDimension;
+    this.maxStorageBuffers = l.maxStorageBuffersPerShaderStage;
     this.arena = device.createBuffer({ size: ARENA_BYTES, usage: USAGE.UNIFORM | USAGE.STORAGE | USAGE.COPY_DST });
     device.lost.then((info) => {
       if (this.destroyed) return;

@@ -2,7 +2,9 @@
  * Fused pieces of a decoder layer (Backend.fused). Decode is bound by the host, not the GPU: every dispatch costs
  * tens of microseconds of encoding in Dawn's node binding against ~3.5 µs on the GPU, so a token's ~620 dispatches
  * took ~18 ms of wall time for ~6 ms of GPU work. These kernels cut a layer from 17 dispatches to 8:
- *  - addRmsnorm: y = a + b and h = rmsnorm(y) * w, one pass over each row (the residual add and the next norm).
+ *  - the RMSNorm before q/k/v and before gate/up: each GEMV workgroup computes the row norms of the residual
+ *    stream and stages rmsnorm(x) * g in workgroup memory (normPrologue), so no separate norm kernel runs.
+ *  - the residual adds after o and down: in the GEMV's epilogue (linear.ts, `res`).
  *  - qkv GEMV (N <= GEMV_MAX_N): the q, k and v projections (+ bias) in ONE dispatch; each q/k workgroup owns
  *    4 RoPE pairs (i, i + D/2) of one head, so the rotation is done in the epilogue, and k, v are written
  *    straight into the cache slots. Replaces 3 GEMVs, 2 ropes and writeKV.
@@ -11,42 +13,12 @@
  * Results equal the unfused ops' (same f32 operations in the same order per output).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
-import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, normPrologue, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
 import { UNROLL } from './linear.js';
 
 const LANES = 32;
 const WARPS = 8;
 const WG = LANES * WARPS;
-
-/** y = a + b, h = rmsnorm(y) * w: one workgroup per row; bitwise the same as add then rmsnorm */
-export function addRmsnormKernel(
-  ctx: GpuContext, a: GPUBuffer, b: GPUBuffer, w: GPUBuffer, wdt: WDType, y: GPUBuffer, h: GPUBuffer, N: number, C: number, eps: number,
-): void {
-  const pl = ctx.pipeline(`add-rmsnorm:${wdt}`, () => `struct P { C: u32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-${scalarLoad('w', 3, wdt)}
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read_write> h: array<f32>;
-var<workgroup> red: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  ${FLAT_WG}
-  let base = wg * p.C;
-  var ss = 0.0;
-  for (var i = lid; i < p.C; i += ${WG}u) { let v = a[base + i] + b[base + i]; y[base + i] = v; ss += v * v; }
-  red[lid] = ss;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = 1.0 / sqrt(red[0] / f32(p.C) + p.eps);
-  for (var i = lid; i < p.C; i += ${WG}u) { h[base + i] = ((a[base + i] + b[base + i]) * r) * ld_w(i); }
-}`);
-  ctx.dispatch(pl, new Params().u(C).f(eps), [a, b, w, y, h], ctx.grid(N));
-}
 
 /** true when the fused GEMV can read x and the weights with vector loads */
 export function fusedGemvFits(IN: number, dt: WDType): boolean {
@@ -58,11 +30,13 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
  * In a q or k workgroup, warp r computes row head*D + blk*4 + (r & 3) + (r >> 2) * D/2: warps r and r + 4 hold
  * a RoPE pair. Bindings: x, wq, wk, wv, cs (cos, sin per row and pair, from the arena), q out, kv cache[, bias].
  */
-function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number): string {
+function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number, norm: WDType | null): string {
   const half = D / 2;
   const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
   const red = warpSums(NB, WARPS, sg);
-  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32 }
+  const np = norm ? normPrologue(NB, sg) : null;
+  const xs = norm ? 'xs' : 'x';
+  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
@@ -70,6 +44,8 @@ ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
 @group(0) @binding(6) var<storage, read_write> q: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kv: array<f32>;
 ${bias ? scalarLoad('bias', 8, bias) : ''}
+${norm ? scalarLoad('g', bias ? 9 : 8, norm) : ''}
+${np ? np.decl : ''}
 const D = ${D}u;
 const HALF = ${half}u;
 ${red.decl}
@@ -88,8 +64,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (seg < 2u) { row = (s / (D / 8u)) * D + (s % (D / 8u)) * 4u + (r & 3u) + (r >> 2u) * HALF; }
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+  ${np ? np.code : ''}
   var acc: array<f32, ${NB}>;
-  if (seg == 0u) ${gemvDotBody('wq', dt, NB, UNROLL)} else if (seg == 1u) ${gemvDotBody('wk', dt, NB, UNROLL)} else ${gemvDotBody('wv', dt, NB, UNROLL)}
+  if (seg == 0u) ${gemvDotBody('wq', dt, NB, UNROLL, xs)} else if (seg == 1u) ${gemvDotBody('wk', dt, NB, UNROLL, xs)} else ${gemvDotBody('wv', dt, NB, UNROLL, xs)}
   ${red.code}
   if (lane != 0u) { return; }
   let bo = select(select(0u, p.Rq, seg == 1u), p.Rq + p.Rk, seg == 2u);   // bias offset of the segment
@@ -128,28 +105,41 @@ export interface QKVArgs {
   cs: Float32Array;
   q: GPUBuffer; kv: GPUBuffer;
   N: number; IN: number; Hq: number; Hkv: number; D: number; T: number; maxLen: number; start: number; vOff: number;
+  /** x is the residual stream and the GEMV input is rmsnorm(x) * g (see normFits) */
+  norm?: { g: GPUBuffer; dt: WDType; eps: number };
+}
+
+/** whether a GEMV can stage rmsnorm(x) for N rows of IN in workgroup memory (and bind one more buffer) */
+export function normFits(ctx: GpuContext, NB: number, IN: number, buffers: number): boolean {
+  return NB * IN <= 4 * NORM_STAGE_CAP && IN % 4 === 0 && ctx.maxWorkgroupMem >= 16 * NORM_STAGE_CAP + 8192 && buffers <= ctx.maxStorageBuffers;
 }
 
 export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
   const Rq = a.Hq * a.D;
   const Rk = a.Hkv * a.D;
   const groups = (Rq + 2 * Rk) / 8;
-  const pl = ctx.pipeline(`qkv-rope:${NB}:${a.dt}:${a.bdt}:${a.D}:sg${ctx.sg}`, () => qkvShader(NB, a.dt, a.bias ? a.bdt : null, a.D, ctx.sg));
-  const params = new Params().u(a.IN, a.N, Rq, Rk, a.T, a.maxLen, a.start, a.Hkv, a.vOff, groups);
+  const nd = a.norm ? a.norm.dt : null;
+  const pl = ctx.pipeline(`qkv-rope:${NB}:${a.dt}:${a.bdt}:${a.D}:sg${ctx.sg}:norm${nd}`, () => qkvShader(NB, a.dt, a.bias ? a.bdt : null, a.D, ctx.sg, nd));
+  const params = new Params().u(a.IN, a.N, Rq, Rk, a.T, a.maxLen, a.start, a.Hkv, a.vOff, groups).f(a.norm?.eps ?? 0);
   const binds: Binding[] = [a.x, a.wq, a.wk, a.wv, { data: a.cs }, a.q, a.kv];
   if (a.bias) binds.push(a.bias);
+  if (a.norm) binds.push(a.norm.g);
   ctx.dispatch(pl, params, binds, ctx.grid(groups));
 }
 
 /** gate/up GEMV + SwiGLU: workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
-function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number): string {
+function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
   const red = warpSums(NB, WARPS, sg);
-  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32 }
+  const np = norm ? normPrologue(NB, sg) : null;
+  const xs = norm ? 'xs' : 'x';
+  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 5, bias) : ''}
+${norm ? scalarLoad('g', bias ? 6 : 5, norm) : ''}
+${np ? np.decl : ''}
 ${red.decl}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -159,9 +149,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = wg * 4u + (r & 3u);
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+  ${np ? np.code : ''}
   var acc: array<f32, ${NB}>;
   if (row < p.I) {
-    if (r < 4u) ${gemvDotBody('wgate', dt, NB, UNROLL)} else ${gemvDotBody('wup', dt, NB, UNROLL)}
+    if (r < 4u) ${gemvDotBody('wgate', dt, NB, UNROLL, xs)} else ${gemvDotBody('wup', dt, NB, UNROLL, xs)}
   }
   ${red.code}
   if (lane != 0u || r >= 4u || row >= p.I) { return; }
@@ -176,12 +167,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 export function gateUpGemv(
   ctx: GpuContext, x: GPUBuffer, wg: GPUBuffer, wu: GPUBuffer, dt: WDType, bias: GPUBuffer | null, bdt: WDType | null,
-  y: GPUBuffer, N: number, NB: number, IN: number, I: number,
+  y: GPUBuffer, N: number, NB: number, IN: number, I: number, norm: { g: GPUBuffer; dt: WDType; eps: number } | null = null,
 ): void {
-  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}`, () => gateUpShader(NB, dt, bias ? bdt : null, ctx.sg));
+  const nd = norm ? norm.dt : null;
+  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}:norm${nd}`, () => gateUpShader(NB, dt, bias ? bdt : null, ctx.sg, nd));
   const binds: Binding[] = [x, wg, wu, y];
   if (bias) binds.push(bias);
-  ctx.dispatch(pl, new Params().u(IN, N, I), binds, ctx.grid(Math.ceil(I / 4)));
+  if (norm) binds.push(norm.g);
+  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / 4)));
 }
 
 /**

@@ -3,7 +3,7 @@
  * are f32, and every op only records a dispatch; work is submitted at read()/sync() or every few dozen
  * dispatches (see context.ts), so a forward pass is not one round trip per op.
  */
-import type { AttentionParams, Backend, FusedLayerOps, KVCache, QKVWeights, Tensor } from '../backend.js';
+import type { AttentionParams, Backend, FusedLayerOps, KVCache, NormArg, QKVWeights, Tensor } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { numel, toF32, type HostTensor } from '../../tensor/dtype.js';
 import { ropeInvFreq } from '../cpu/ops.js';
@@ -13,7 +13,7 @@ import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
 import { GEMV_MAX_N, linearKernel } from './linear.js';
 import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
-import { addRmsnormKernel, argmaxKernel, fusedGemvFits, gateUpGemv, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
+import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
 import { asWeightType, type WDType } from './wgsl.js';
@@ -49,9 +49,9 @@ export class WebGPUBackend implements Backend {
   /** (cos, sin) per row of the last positions array the fused q/k/v GEMV saw (one forward = same array for every layer) */
   private csCache: { pos: Int32Array; D: number; theta: number; copy: Int32Array; cs: Float32Array } | null = null;
   readonly fused: FusedLayerOps = {
-    addRmsnorm: (a, b, w, eps) => this.addRmsnorm(a, b, w, eps),
-    qkvRope: (h, w, pos, theta, H, cache, layer, start, T) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T),
-    gateUp: (h, g, gb, u, ub) => this.gateUp(h, g, gb, u, ub),
+    qkvRope: (h, w, pos, theta, H, cache, layer, start, T, norm) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T, norm),
+    gateUp: (h, g, gb, u, ub, norm) => this.gateUp(h, g, gb, u, ub, norm),
+    linearAdd: (x, w, b, res) => this.linearAdd(x, w, b, res),
   };
 
   /** int8 prefill linears (linear-q8.ts; GRAVITY_WEBGPU_Q8): which GEMM, null = off; weights quantized on first use */
@@ -135,7 +135,8 @@ export class WebGPUBackend implements Backend {
     return y;
   }
 
-  linear(x: Tensor, w: Tensor, b: Tensor | null): Tensor {
+  /** `res` (internal, decode sizes only): y = res + linear(x, w, b) in the GEMV's epilogue (linearAdd) */
+  linear(x: Tensor, w: Tensor, b: Tensor | null, res: GpuTensor | null = null): Tensor {
     const t = needF32(x, 'linear', 'x');
     const wt = g(w);
     const [N, IN] = t.shape;
@@ -153,7 +154,7 @@ export class WebGPUBackend implements Backend {
       linearQ8(this.ctx, t.buf, q, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, this.q8);
       return y;
     }
-    linearKernel(this.ctx, t.buf, wt.buf, wdt, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT);
+    linearKernel(this.ctx, t.buf, wt.buf, wdt, bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT, res?.buf ?? null);
     return y;
   }
 
@@ -214,17 +215,29 @@ export class WebGPUBackend implements Backend {
     return buffer;
   }
 
-  private addRmsnorm(a: Tensor, b: Tensor, w: Tensor, eps: number): [Tensor, Tensor] {
-    const x = needF32(a, 'addRmsnorm', 'a');
-    const z = needF32(b, 'addRmsnorm', 'b');
+  /** res + linear(x, w, b): in the GEMV's epilogue for decode, linear then add for prefill */
+  private linearAdd(x: Tensor, w: Tensor, b: Tensor | null, res: Tensor): Tensor {
+    const r = needF32(res, 'linearAdd', 'res');
+    const t = needF32(x, 'linearAdd', 'x');
     const wt = g(w);
+    const N = t.shape[0];
+    if (N > GEMV_MAX_N || wt.shape.length !== 2 || numel(r.shape) !== N * wt.shape[0]) {
+      const y = this.linear(x, w, b);
+      const z = this.add(res, y);
+      this.dispose(y);
+      return z;
+    }
+    return this.linear(x, w, b, r);
+  }
+
+  /** the fused ops' NormArg as a kernel binding, or null when it is absent or does not fit the GEMV */
+  private normBinding(x: GpuTensor, norm: NormArg | undefined, NB: number, buffers: number): { g: GPUBuffer; dt: WDType; eps: number } | null {
+    if (!norm) return null;
+    const wt = g(norm.w);
     const [N, C] = x.shape;
-    if (numel(z.shape) !== N * C) throw new GravityError(`add: shapes ${shapeStr(x.shape)} and ${shapeStr(z.shape)} differ`);
     if (numel(wt.shape) !== C) throw new GravityError(`rmsnorm: weight ${shapeStr(wt.shape)} does not match x ${shapeStr(x.shape)}`);
-    const y = this.out([N, C]);
-    const h = this.out([N, C]);
-    addRmsnormKernel(this.ctx, x.buf, z.buf, wt.buf, asWeightType(wt.dtype, 'rmsnorm weight'), y.buf, h.buf, N, C, eps);
-    return [y, h];
+    if (N > GEMV_MAX_N || !normFits(this.ctx, NB, C, buffers)) return null;
+    return { g: wt.buf, dt: asWeightType(wt.dtype, 'rmsnorm weight'), eps: norm.eps };
   }
 
   /**
@@ -273,9 +286,9 @@ export class WebGPUBackend implements Backend {
     return cs;
   }
 
-  private qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, Hq: number, cache: KVCache, layer: number, start: number, T: number): Tensor {
+  private qkvRope(h: Tensor, w: QKVWeights, positions: Int32Array, theta: number, Hq: number, cache: KVCache, layer: number, start: number, T: number, norm?: NormArg): Tensor {
     const c = this.cache(cache);
-    const x = needF32(h, 'qkvRope', 'h');
+    let x = needF32(h, 'qkvRope', 'h');
     const [N, IN] = x.shape;
     const D = c.headDim;
     const Hkv = c.numKVHeads;
@@ -292,12 +305,22 @@ export class WebGPUBackend implements Backend {
     const bias = N <= GEMV_MAX_N && sameDt && D % 8 === 0 && fusedGemvFits(IN, dt)
       ? this.concatBias(wq, [{ b: w.qb, rows: Hq * D }, { b: w.kb, rows: Hkv * D }, { b: w.vb, rows: Hkv * D }])
       : undefined;
+    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+    const nb = bias !== undefined ? this.normBinding(x, norm, NB, bias ? 9 : 8) : null;
+    if (norm && !nb) {
+      // the norm does not fit the GEMV's prologue (or this is a prefill): its own kernel first
+      x = g(this.rmsnorm(x, norm.w, norm.eps));
+      try {
+        return this.qkvRope(x, w, positions, theta, Hq, cache, layer, start, T);
+      } finally {
+        this.dispose(x);
+      }
+    }
     if (bias !== undefined) {
-      const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
       qkvRopeGemv(this.ctx, {
         x: x.buf, wq: wq.buf, wk: wk.buf, wv: wv.buf, dt, bias: bias?.buf ?? null, bdt: bias?.dt ?? null,
         cs: this.ropeCS(positions, D, theta), q: q.buf, kv: L.kv,
-        N, IN, Hq, Hkv, D, T, maxLen: c.maxLen, start, vOff: c.vOff,
+        N, IN, Hq, Hkv, D, T, maxLen: c.maxLen, start, vOff: c.vOff, norm: nb ?? undefined,
       }, NB);
       return q;
     }
@@ -315,7 +338,7 @@ export class WebGPUBackend implements Backend {
     return q;
   }
 
-  private gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null): Tensor {
+  private gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null, norm?: NormArg): Tensor {
     const x = needF32(h, 'gateUp', 'h');
     const [N, IN] = x.shape;
     const wg = g(gate), wu = g(up);
@@ -323,6 +346,16 @@ export class WebGPUBackend implements Backend {
     const dt = asWeightType(wg.dtype, 'linear weight');
     const ok = N <= GEMV_MAX_N && wu.dtype === wg.dtype && wu.shape[0] === I && wg.shape[1] === IN && wu.shape[1] === IN && fusedGemvFits(IN, dt);
     const bias = ok ? this.concatBias(wg, [{ b: gateb, rows: I }, { b: upb, rows: I }]) : undefined;
+    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+    const nb = bias !== undefined ? this.normBinding(x, norm, NB, bias ? 6 : 5) : null;
+    if (norm && !nb) {
+      const hn = this.rmsnorm(x, norm.w, norm.eps);
+      try {
+        return this.gateUp(hn, gate, gateb, up, upb);
+      } finally {
+        this.dispose(hn);
+      }
+    }
     if (bias === undefined) {
       const gt = this.linear(h, gate, gateb);
       const ut = this.linear(h, up, upb);
@@ -332,8 +365,7 @@ export class WebGPUBackend implements Backend {
       return y;
     }
     const y = this.out([N, I]);
-    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
-    gateUpGemv(this.ctx, x.buf, wg.buf, wu.buf, dt, bias?.buf ?? null, bias?.dt ?? null, y.buf, N, NB, IN, I);
+    gateUpGemv(this.ctx, x.buf, wg.buf, wu.buf, dt, bias?.buf ?? null, bias?.dt ?? null, y.buf, N, NB, IN, I, nb);
     return y;
   }
 

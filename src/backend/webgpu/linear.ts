@@ -24,7 +24,7 @@ function gemvBucket(N: number): number {
   return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
   const xDecl = vec
@@ -46,6 +46,7 @@ ${xDecl}
 ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 4, bias) : ''}
+${residual ? `@group(0) @binding(${bias ? 5 : 4}) var<storage, read> res: array<f32>;` : ''}
 ${red.decl}
 @compute @workgroup_size(${LANES * ROWS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -58,23 +59,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   ${red.code}
   if (lane == 0u && o < p.OUT) {
-    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = ${red.sum('n', 'lid / 32u')}${bias ? ' + ld_bias(o)' : ''}; } }
+    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = ${residual ? 'res[n * p.OUT + o] + (' : ''}${red.sum('n', 'lid / 32u')}${bias ? ' + ld_bias(o)' : ''}${residual ? ')' : ''}; } }
   }
 }`;
 }
 
+/**
+ * y = x · w^T (+ b), or with `res` (decode only, N <= GEMV_MAX_N): y = res + (x · w^T + b), the residual add of
+ * a decoder layer in the GEMV's epilogue (same f32 operations as linear then add).
+ */
 export function linearKernel(
   ctx: GpuContext, x: GPUBuffer, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
-  y: GPUBuffer, N: number, IN: number, OUT: number,
+  y: GPUBuffer, N: number, IN: number, OUT: number, res: GPUBuffer | null = null,
 ): void {
   const binds = b ? [x, w, y, b] : [x, w, y];
   const bias = b ? bdt : null;
   if (N <= GEMV_MAX_N) {
     const vec = IN % vecWidth(wdt) === 0;
     const NB = gemvBucket(N);
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg));
+    if (res) binds.push(res);
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res));
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }
+  if (res) throw new Error('linearKernel: the residual epilogue is for the GEMV (N <= GEMV_MAX_N)');
   gemmKernel(ctx, x, w, wdt, b, bdt, y, N, IN, OUT);
 }

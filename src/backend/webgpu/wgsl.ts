@@ -108,15 +108,15 @@ export function warpSums(NB: number, warps: number, sg: number): { decl: string;
  * warp: a row of 2048 bf16 is one step of 8 x 32 loads); the last partial step is one guarded unrolled step, not a
  * serial loop of single loads.
  */
-export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number): string {
+export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x = 'x'): string {
   const guard = NB === 1 ? '' : 'if (n < p.N) ';
   const f32 = dt === 'F32';
   const KV = f32 ? 'K4' : 'K8';
   const accum = (u: number) =>
     f32
-      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, x[n * K4 + k${u}]); } }`
+      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, ${x}[n * K4 + k${u}]); } }`
       : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, x[n * K4 + 2u * k${u}]) + dot(b, x[n * K4 + 2u * k${u} + 1u]); } } }`;
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, ${x}[n * K4 + 2u * k${u}]) + dot(b, ${x}[n * K4 + 2u * k${u} + 1u]); } } }`;
   const U = Array.from({ length: unroll }, (_, u) => u);
   const zero = f32 ? 'vec4<f32>()' : 'vec4<u32>()';
   return `{
@@ -132,4 +132,41 @@ export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number): 
       ${accum(0)}
     }
   }`;
+}
+
+/** vec4 (x * r) * g of the 4 elements from 4 * i: the rmsnorm formula of rmsnormKernel, on a vec4 of x */
+export const NORM_STAGE_CAP = 1024; // vec4 = 16 KiB of workgroup memory: N * IN <= 4096
+
+/**
+ * Prologue of a GEMV whose input is rmsnorm(x) * g: every workgroup computes the N row norms of x (array<vec4<f32>>,
+ * K4 vec4 per row; NB rows with a guard on p.N) and stages h = (x * r) * g in workgroup memory `xs`, which the dot
+ * loop then reads instead of x. Needs `p.eps`, `lid`, K4, and a `ld_g` load of the norm weight. 256 threads.
+ */
+export function normPrologue(NB: number, sg: number): { decl: string; code: string } {
+  const parts = sg > 0 ? 256 / sg : 256;
+  const reduce = sg > 0
+    ? Array.from({ length: Math.log2(sg) }, (_, i) => `ss += subgroupShuffleXor(ss, ${sg >> (i + 1)}u);`).join(' ') + `
+      if (lid % ${sg}u == 0u) { nred[n * ${parts}u + lid / ${sg}u] = ss; }`
+    : `nred[n * ${parts}u + lid] = ss;`;
+  return {
+    decl: `var<workgroup> xs: array<vec4<f32>, ${NORM_STAGE_CAP}>;
+var<workgroup> nred: array<f32, ${NB * parts}>;`,
+    code: `for (var n = 0u; n < ${NB}u; n++) {
+      var ss = 0.0;
+      if (n < p.N) { for (var i = lid; i < K4; i += 256u) { let v = x[n * K4 + i]; ss += dot(v, v); } }
+      ${reduce}
+    }
+    workgroupBarrier();
+    for (var n = 0u; n < ${NB}u; n++) {
+      if (n >= p.N) { break; }
+      var tot = 0.0;
+      for (var j = 0u; j < ${parts}u; j++) { tot += nred[n * ${parts}u + j]; }
+      let r = 1.0 / sqrt(tot / f32(p.IN) + p.eps);
+      for (var i = lid; i < K4; i += 256u) {
+        let e = 4u * i;
+        xs[n * K4 + i] = (x[n * K4 + i] * r) * vec4<f32>(ld_g(e), ld_g(e + 1u), ld_g(e + 2u), ld_g(e + 3u));
+      }
+    }
+    workgroupBarrier();`,
+  };
 }
