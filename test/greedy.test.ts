@@ -117,6 +117,17 @@ test('webgpu argmaxDevice: first index of the row maximum; a row with NaN or inf
   const row = (vals: number[]) => gpu.fromF32(Float32Array.from(vals), [1, vals.length]);
   const ids = gpu.argmaxDevice(gpu.fromF32(Float32Array.from([1, 5, 5, -2, 3, 5, 0, 4]), [2, 4]));
   assert.deepEqual([...(await gpu.readIds(ids))], [1, 1]);
+  // a long row is reduced in chunks (two passes): ties across chunks keep the first, a NaN in any chunk is seen
+  const V = 5000;
+  const long = new Float32Array(3 * V).map((_, i) => Math.sin(i) - 3);
+  long[1500] = 2;
+  long[3200] = 2;
+  long[V + 4999] = 1;
+  long[2 * V + 10] = 5;
+  long[2 * V + 4999] = NaN;
+  const lt = gpu.argmaxDevice(gpu.fromF32(long.subarray(0, 2 * V), [2, V]));
+  assert.deepEqual([...(await gpu.readIds(lt))], [1500, 4999]);
+  await assert.rejects(() => gpu.readIds(gpu.argmaxDevice(gpu.fromF32(long, [3, V]))), /NaN or infinity/);
   for (const bad of [NaN, Infinity, -Infinity]) {
     const t = gpu.argmaxDevice(row([0, 1, bad, 2]));
     await assert.rejects(() => gpu.readIds(t), (e: Error) => e instanceof GravityError && /NaN or infinity/.test(e.message));
