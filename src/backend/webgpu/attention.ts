@@ -268,7 +268,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** Target number of workgroups for decode: enough to fill a big GPU's SMs twice over. */
 const DECODE_WORKGROUPS = 256;
-const MIN_KEYS_PER_SPLIT = 64;
+/**
+ * Decode splits the key axis only past this many keys per split (GRAVITY_DECODE_KEYS_PER_SPLIT to experiment): a
+ * split costs a second dispatch (the combine), and decode is bound by the host's cost per dispatch.
+ */
+const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 64);
 
 export function attentionKernel(
   ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,

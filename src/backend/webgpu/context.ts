@@ -20,7 +20,8 @@ const MAP_READ_MODE = 1;
 
 const ARENA_BYTES = 1 << 20;
 const SLOT = 256; // min{Uniform,Storage}BufferOffsetAlignment on every adapter we know
-const FLUSH_EVERY = 64;
+/** dispatches per submit while recording (GRAVITY_WEBGPU_FLUSH_EVERY to experiment): the GPU starts on a long forward early */
+const FLUSH_EVERY = Number((typeof process !== 'undefined' && process.env?.GRAVITY_WEBGPU_FLUSH_EVERY) || 64);
 /** bind groups are cached by the buffers they bind; the cache is simply dropped when it grows past this */
 const MAX_BIND_GROUPS = 8192;
 /** free buffers kept for reuse, at most; past it released buffers are destroyed (prefills of many lengths) */
@@ -49,12 +50,14 @@ export interface Kernel {
   readonly id: number;
   pipeline: GPUComputePipeline | null;
   layout?: GPUBindGroupLayout;
-  /** which bindings are arena data (they get dynamic offsets); fixed at the first dispatch */
-  dataPattern: string;
+  /** bit i set: binding i + 1 is arena data (it gets a dynamic offset); fixed at the first dispatch */
+  dataMask: number;
 }
 
-function dataPattern(bindings: Binding[]): string {
-  return bindings.map((b) => ('data' in b ? 'd' : 'b')).join('');
+function dataMask(bindings: Binding[]): number {
+  let m = 0;
+  for (let i = 0; i < bindings.length; i++) if ('data' in bindings[i]) m |= 1 << i;
+  return m;
 }
 
 export type Binding = GPUBuffer | GPUBufferBinding | { data: ArrayBufferView };
@@ -178,7 +181,7 @@ export class GpuContext {
   pipeline(key: string, code: () => string): Kernel {
     let k = this.kernels.get(key);
     if (!k) {
-      k = { key, code: code(), id: this.kernels.size, pipeline: null, dataPattern: '' };
+      k = { key, code: code(), id: this.kernels.size, pipeline: null, dataMask: -1 };
       this.kernels.set(key, k);
     }
     return k;
@@ -203,7 +206,7 @@ export class GpuContext {
     const bgl = this.device.createBindGroupLayout({ entries, label: k.key });
     const module = this.device.createShaderModule({ code: k.code, label: k.key });
     k.layout = bgl;
-    k.dataPattern = dataPattern(bindings);
+    k.dataMask = dataMask(bindings);
     k.pipeline = this.device.createComputePipeline({
       layout: this.device.createPipelineLayout({ bindGroupLayouts: [bgl] }),
       compute: { module, entryPoint: 'main' },
@@ -269,9 +272,15 @@ export class GpuContext {
   dispatch(k: Kernel, params: Params, bindings: Binding[], groups: [number, number?, number?]): void {
     this.check();
     const pipeline = k.pipeline ?? this.build(k, bindings);
-    if (dataPattern(bindings) !== k.dataPattern) throw new Error(`webgpu: kernel ${k.key} dispatched with another binding pattern`);
     let need = SLOT;
-    for (const b of bindings) if ('data' in b && b.data.byteLength <= ARENA_BYTES / 4) need += roundUp(Math.max(b.data.byteLength, 4), SLOT);
+    let mask = 0;
+    for (let i = 0; i < bindings.length; i++) {
+      const b = bindings[i];
+      if (!('data' in b)) continue;
+      mask |= 1 << i;
+      if (b.data.byteLength <= ARENA_BYTES / 4) need += roundUp(Math.max(b.data.byteLength, 4), SLOT);
+    }
+    if (mask !== k.dataMask) throw new Error(`webgpu: kernel ${k.key} dispatched with another binding pattern`);
     if (this.arenaUsed + need > ARENA_BYTES) this.flush();
     const off = this.reserve(64);
     params.writeTo(this.arenaView, off);
