@@ -96,10 +96,15 @@ async function gemvBench(): Promise<void> {
   const D = C / Hq, I: number = hf.intermediate_size ?? 11008, V: number = hf.vocab_size ?? 151936;
   log(`subgroup lanes for the GEMV reductions: ${be.ctx.sg || 'none (workgroup memory)'}; features: ${be.features.includes('subgroups') ? 'subgroups' : 'no subgroups'}`);
   const W = (o: number, i: number, seed: number) => {
+    // bf16 bits straight from an integer hash (the lm_head alone is 311M values: no f32 copy)
     const n = o * i;
-    const f = new Float32Array(n);
-    for (let i = 0; i < n; i++) f[i] = ((Math.sin(i * 12.9898 + seed) * 43758.5453) % 1) * 0.05;
-    return be.upload({ dtype: 'BF16', shape: [o, i], data: new Uint16Array(f.buffer).filter((_, j) => j % 2 === 1) });
+    const bits = new Uint16Array(n);
+    let h = (seed * 2654435761) >>> 0;
+    for (let j = 0; j < n; j++) {
+      h = (Math.imul(h ^ (h >>> 15), 2246822519) + 1) >>> 0;
+      bits[j] = 0x3c00 + (h & 0x7f) + ((h >>> 7) & 1) * 0x8000; // ±[0.0078, 0.0155)
+    }
+    return be.upload({ dtype: 'BF16', shape: [o, i], data: bits });
   };
   const act = (n: number) => be.fromF32(new Float32Array(n).map((_, i) => Math.cos(i) * 0.5), [1, n]);
   const reps = 50;
