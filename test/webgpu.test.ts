@@ -403,6 +403,46 @@ describe('webgpu backend', () => {
       be.dispose(cache);
     });
 
+    test('register-tiled prefill: forced tile shapes (subgroup and workgroup-memory row reductions), fixed and running max', async () => {
+      // 16x16x32 reduces rows over 8 lanes (subgroup shuffles where the adapter's subgroups have >= 8 lanes), 16x32x64
+      // over 16 (workgroup memory on llvmpipe's 8-lane subgroups); G = 3 leaves a padding row in each 16-row tile
+      const B = 2, Hq = 6, Hkv = 2, D = 64, maxLen = 48, start = 9, T = 30;
+      const cache = be.createKVCache(1, B, maxLen, Hkv, D);
+      const host = hostLayer(B, Hkv, maxLen, D);
+      for (let b = 0; b < B; b++) for (let s = 0; s < start + T; s++) cache.keyValid[b * maxLen + s] = b === 1 && (s < 2 || s === 20) ? 0 : 1;
+      const k = rand(B * (start + T) * Hkv * D, 500, 0.4);
+      const v = rand(B * (start + T) * Hkv * D, 501);
+      // slots 0..start+T of both sequences, written as one chunk of start+T rows per sequence
+      be.writeKV(cache, 0, be.fromF32(k, [B * (start + T), Hkv * D]), be.fromF32(v, [B * (start + T), Hkv * D]), 0, start + T);
+      hostWrite(host, k, v, B, start + T, Hkv, D, maxLen, 0);
+      const q = rand(B * T * Hq * D, 502, 0.4);
+      const qt = be.fromF32(q, [B * T, Hq * D]);
+      const cases: [string, AttentionParams][] = [
+        ['gravity fixed', { kind: 'gravity', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from({ length: Hq }, (_, h) => 0.5 + h), eps: 0.1, scale: 0 }],
+        ['gravity running', { kind: 'gravity', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from({ length: Hq }, (_, h) => 2 + 4 * h), eps: 0.1, scale: 0 }],
+        ['dot', { kind: 'dot', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: null, eps: 0.1, scale: 1 / 8 }],
+        ['gravity-pure', { kind: 'gravity-pure', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from({ length: Hq }, (_, h) => 1 + h), eps: 0.1, scale: 0 }],
+      ];
+      const saved = process.env.GRAVITY_ATTN_PREFILL;
+      try {
+        for (const shape of ['16,16,32', '16,32,64']) {
+          process.env.GRAVITY_ATTN_PREFILL = shape;
+          for (const [label, p] of cases) {
+            const want = new Float32Array(B * T * Hq * D);
+            attentionForward(want, q, host, cache.keyValid, B, T, start, maxLen, p);
+            const y = be.attention(qt, cache, 0, start, T, p);
+            close(await be.read(y), want, `prefill ${shape} ${label}`);
+            be.dispose(y);
+          }
+        }
+      } finally {
+        if (saved === undefined) delete process.env.GRAVITY_ATTN_PREFILL;
+        else process.env.GRAVITY_ATTN_PREFILL = saved;
+      }
+      be.dispose(qt);
+      be.dispose(cache);
+    });
+
     test('gravity: a query equal to a key (the cancellation case) stays accurate', async () => {
       const B = 1, Hq = 2, Hkv = 1, D = 16, maxLen = 8, T = 4;
       const p: AttentionParams = { kind: 'gravity', numHeads: Hq, numKVHeads: Hkv, headDim: D, massSq: Float32Array.from([4, 9]), eps: 0.1, scale: 0 };

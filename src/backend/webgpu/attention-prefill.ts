@@ -30,6 +30,10 @@ export interface PrefillCfg {
   BK: number;
   /** threads per workgroup */
   NT: number;
+  /** fetch the next K/V tile into registers during the arithmetic (1) or right before its store (0) */
+  PF?: number;
+  /** score accumulators: vec4 (1: four independent FMA chains, 4x the registers) or scalar (0) */
+  AV?: number;
 }
 
 interface Derived {
@@ -56,30 +60,35 @@ export function prefillSharedBytes(c: PrefillCfg, sg: number): number {
   return 16 * (c.R * d.DP4 + c.BK * d.DP4 + c.BK * d.RG + 2 * d.RG) + red;
 }
 
-/** workgroup shapes tried in order (GRAVITY_ATTN_PREFILL=R,BK,NT picks one; =old keeps the previous kernel) */
-const CANDIDATES: [number, number, number][] = [[32, 32, 128], [64, 16, 128], [32, 32, 64], [16, 32, 64], [16, 16, 32], [8, 16, 16], [4, 8, 8]];
+/**
+ * Workgroup shapes tried in order (GRAVITY_ATTN_PREFILL=R,BK,NT[,PF[,AV]] picks one; =old keeps the previous kernel).
+ * H200, 16/2 heads, D=128, ms at 1k/4k/16k (bench/attn-gpu.ts): 64x16x256 gravity 0.37/3.6/51, dot 0.35/3.5/50;
+ * 32x32x128 gravity 0.34/4.1/61, dot 0.28/3.3/49; 48x32x192 59 / 48.6 at 16k; the previous kernel 114 / 128 at 16k.
+ * 64 threads per workgroup (4x4 score blocks) ran 2x slower. The smaller shapes are for devices with 32 KiB.
+ */
+const CANDIDATES: number[][] = [[64, 16, 256], [32, 32, 128], [64, 16, 128], [16, 32, 64], [16, 16, 32], [8, 16, 16], [4, 8, 8]];
 
 /** the prefill tile for this shape, or null when none fits (the caller falls back to the older kernel) */
 export function choosePrefillCfg(D: number, G: number, maxMem: number, sg: number, env = envCfg()): PrefillCfg | null {
   if (env === 'old') return null;
   const list = env ? [env] : CANDIDATES;
-  for (const [R, BK, NT] of list) {
-    const c = { D, G, R, BK, NT };
+  for (const [R, BK, NT, PF = 1, AV = 1] of list) {
+    const c = { D, G, R, BK, NT, PF, AV };
     if (derive(c) && prefillSharedBytes(c, sg) <= maxMem) return c;
   }
   return null;
 }
 
-function envCfg(): [number, number, number] | 'old' | null {
+function envCfg(): number[] | 'old' | null {
   const s = typeof process !== 'undefined' ? process.env?.GRAVITY_ATTN_PREFILL : undefined;
   if (!s) return null;
   if (s === 'old') return 'old';
   const v = s.split(',').map(Number);
-  return v.length === 3 && v.every((x) => x > 0) ? (v as [number, number, number]) : null;
+  return v.length >= 3 && v.length <= 5 && v.every((x) => x >= 0) ? v : null;
 }
 
 export function prefillKey(c: PrefillCfg, kind: AttentionKind, fixed: boolean, sg: number): string {
-  return `attn-prefill:${kind}:${fixed}:${c.D}:${c.G}:${c.R}:${c.BK}:${c.NT}:${sg >= derive(c)!.KG ? 'sg' : 'wg'}`;
+  return `attn-prefill:${kind}:${fixed}:${c.D}:${c.G}:${c.R}:${c.BK}:${c.NT}:${c.PF ?? 1}:${c.AV ?? 1}:${sg >= derive(c)!.KG ? 'sg' : 'wg'}`;
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -95,14 +104,20 @@ export function prefillShader(c: PrefillCfg, kind: AttentionKind, fixed: boolean
   const pure = kind === 'gravity-pure';
   const running = !pure && !fixed;
   const useSg = sg >= KG && KG > 1;
+  const pf = (c.PF ?? 1) !== 0;
   const I = range(4);
   const J = range(TN);
   const C = range(TD4);
   const LD = Math.ceil((BK * D4) / NT); // vec4 per thread per K or V tile
   const acc = (i: number, j: number) => `a${i}_${j}`;
-  const fmaS = gravity
-    ? (i: number, j: number) => `{ let e = q${i} - k${j}; ${acc(i, j)} = fma(e, e, ${acc(i, j)}); }`
-    : (i: number, j: number) => `${acc(i, j)} = fma(q${i}, k${j}, ${acc(i, j)});`;
+  const av = (c.AV ?? 1) !== 0;
+  const fmaS = av
+    ? gravity
+      ? (i: number, j: number) => `{ let e = q${i} - kk${j}; ${acc(i, j)} = fma(e, e, ${acc(i, j)}); }`
+      : (i: number, j: number) => `${acc(i, j)} = fma(q${i}, kk${j}, ${acc(i, j)});`
+    : gravity
+    ? (i: number, j: number) => `{ let e = q${i} - kk${j}; ${acc(i, j)} = fma(e.w, e.w, fma(e.z, e.z, fma(e.y, e.y, fma(e.x, e.x, ${acc(i, j)})))); }`
+    : (i: number, j: number) => `${acc(i, j)} = fma(q${i}.w, kk${j}.w, fma(q${i}.z, kk${j}.z, fma(q${i}.y, kk${j}.y, fma(q${i}.x, kk${j}.x, ${acc(i, j)}))));`;
   // score in log2 units (pure: the weight itself) from the reduced accumulator x of row i
   const score = (i: number, x: string) => (pure ? `ms${i} / (${x} + p.eps)` : gravity ? `ms${i} / (${x} + p.eps)` : x);
   // reduction of a per-thread row value over the KG lanes of its row group
@@ -186,18 +201,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   for (var kb = 0u; kb < k1; kb += BK) {
     kb2 = kb;
-    ${regLoad('vr', 'p.vOff4 + ', 'true')}
-    ${I.map((i) => J.map((j) => `var ${acc(i, j)} = vec4<f32>();`).join(' ')).join('\n    ')}
+    ${pf ? regLoad('vr', 'p.vOff4 + ', 'true') : ''}
+    ${I.map((i) => J.map((j) => `var ${acc(i, j)} = ${av ? 'vec4<f32>()' : '0.0'};`).join(' ')).join('\n    ')}
     for (var d4 = 0u; d4 < D4; d4++) {
       ${I.map((i) => `let q${i} = Qs[(rg * 4u + ${i}u) * DP4 + d4];`).join(' ')}
-      ${J.map((j) => `let k${j} = KVs[(kg + ${j * KG}u) * DP4 + d4];`).join(' ')}
+      ${J.map((j) => `let kk${j} = KVs[(kg + ${j * KG}u) * DP4 + d4];`).join(' ')}
       ${I.map((i) => J.map((j) => fmaS(i, j)).join(' ')).join('\n      ')}
     }
     ${J.map((j) => `let slot${j} = kb + kg + ${j * KG}u;
     var ok${j} = false;
     if (slot${j} < k1) { ok${j} = valid[b * p.maxLen + slot${j}] != 0u; }`).join('\n    ')}
     ${running ? `var mx = vec4<f32>(m0, m1, m2, m3);
-    ${I.map((i) => J.map((j) => `let s${i}_${j} = select(-3.0e38, ${score(i, `dot(${acc(i, j)}, vec4<f32>(1.0))`)}, ok${j} && slot${j} < lim${i});`).join(' ')).join('\n    ')}
+    ${I.map((i) => J.map((j) => `let s${i}_${j} = select(-3.0e38, ${score(i, av ? `dot(${acc(i, j)}, vec4<f32>(1.0))` : acc(i, j))}, ok${j} && slot${j} < lim${i});`).join(' ')).join('\n    ')}
     ${I.map((i) => J.map((j) => `mx[${i}] = max(mx[${i}], s${i}_${j});`).join(' ')).join('\n    ')}
     ${reduce('mx', 'max', 'wg')}
     ${reduceWg('mx', 'max')}
@@ -206,13 +221,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     lsum *= al;
     if (kg == 0u) { As[rg] = al; }
     ${J.map((j) => `let p${j} = select(vec4<f32>(), exp2(vec4<f32>(${I.map((i) => `s${i}_${j}`).join(', ')}) - mx), vec4<bool>(${I.map((i) => `s${i}_${j} > -1.0e38`).join(', ')}));`).join('\n    ')}`
-    : J.map((j) => `let p${j} = vec4<f32>(${I.map((i) => `select(0.0, ${pure ? score(i, `dot(${acc(i, j)}, vec4<f32>(1.0))`) : `exp2(${score(i, `dot(${acc(i, j)}, vec4<f32>(1.0))`)} - mf${i})`}, ok${j} && slot${j} < lim${i})`).join(', ')});`).join('\n    ')}
+    : J.map((j) => `let p${j} = vec4<f32>(${I.map((i) => `select(0.0, ${pure ? score(i, av ? `dot(${acc(i, j)}, vec4<f32>(1.0))` : acc(i, j)) : `exp2(${score(i, av ? `dot(${acc(i, j)}, vec4<f32>(1.0))` : acc(i, j))} - mf${i})`}, ok${j} && slot${j} < lim${i})`).join(', ')});`).join('\n    ')}
     ${J.map((j) => `lsum += p${j}; Ps[(kg + ${j * KG}u) * R4 + rg] = p${j};`).join('\n    ')}
     workgroupBarrier();
+    ${pf ? '' : regLoad('vr', 'p.vOff4 + ', 'true')}
     ${regStore('vr')}
     workgroupBarrier();
     kb2 = kb + BK;
-    ${regLoad('kr', '', 'kb2 < k1')}
+    ${pf ? regLoad('kr', '', 'kb2 < k1') : ''}
     ${running ? `let ao = As[rgo];
     ${I.map((i) => C.map((cc) => `o${i}_${cc} *= ao[${i}];`).join(' ')).join('\n    ')}` : ''}
     for (var j = 0u; j < BK; j++) {
@@ -221,6 +237,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       ${I.map((i) => C.map((cc) => `o${i}_${cc} = fma(vec4<f32>(pv[${i}]), v${cc}, o${i}_${cc});`).join(' ')).join('\n      ')}
     }
     workgroupBarrier();
+    ${pf ? '' : regLoad('kr', '', 'kb2 < k1')}
     ${regStore('kr')}
     workgroupBarrier();
   }
