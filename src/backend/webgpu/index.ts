@@ -11,11 +11,11 @@ import { attentionProbs as cpuAttentionProbs } from '../cpu/attention.js';
 import { GpuContext, GpuTensor } from './context.js';
 import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
-import { GEMV_MAX_N, linearKernel } from './linear.js';
+import { GEMV_MAX_N, combineFits, linearCombineKernel, linearKernel } from './linear.js';
 import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
-import { attentionKernel } from './attention.js';
+import { attentionKernel, attentionSplit } from './attention.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
@@ -41,6 +41,9 @@ interface RopeTable {
   len: number;
 }
 
+/** decode: the o projection merges the attention's split partials (off: GRAVITY_DECODE_COMBINE_IN_O=0) */
+const COMBINE_IN_O = typeof process === 'undefined' || process.env?.GRAVITY_DECODE_COMBINE_IN_O !== '0';
+
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   private ropeTables = new Map<string, RopeTable>();
@@ -52,6 +55,7 @@ export class WebGPUBackend implements Backend {
     qkvRope: (h, w, pos, theta, H, cache, layer, start, T, norm) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T, norm),
     gateUp: (h, g, gb, u, ub, norm) => this.gateUp(h, g, gb, u, ub, norm),
     linearAdd: (x, w, b, res) => this.linearAdd(x, w, b, res),
+    attentionOut: (q, cache, layer, start, T, p, wo, bo, res) => this.attentionOut(q, cache, layer, start, T, p, wo, bo, res),
   };
 
   /** int8 prefill linears (linear-q8.ts; GRAVITY_WEBGPU_Q8): which GEMM, null = off; weights quantized on first use */
@@ -431,14 +435,48 @@ export class WebGPUBackend implements Backend {
   }
 
   attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor {
+    const [c, qt] = this.attentionArgs(q, cache, layer, T, p);
+    const y = this.out([...qt.shape]);
+    attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, y.buf);
+    return y;
+  }
+
+  private attentionArgs(q: Tensor, cache: KVCache, layer: number, T: number, p: AttentionParams): [GpuKVCache, GpuTensor] {
     const c = this.cache(cache);
     const qt = needF32(q, 'attention', 'q');
     if (numel(qt.shape) !== c.batch * T * p.numHeads * p.headDim) {
       throw new GravityError(`attention: q ${shapeStr(qt.shape)}, expected [${c.batch * T}, ${p.numHeads * p.headDim}]`);
     }
     if (layer < 0 || layer >= c.numLayers) throw new GravityError(`attention: layer ${layer} outside [0, ${c.numLayers})`);
-    const y = this.out([...qt.shape]);
-    attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, y.buf);
+    return [c, qt];
+  }
+
+  /**
+   * res + linear(attention(q), wo, bo). For decode, when the attention splits the key axis, the o projection's
+   * GEMV merges the split partials in its prologue: no separate combine dispatch (GRAVITY_DECODE_COMBINE_IN_O=0: off).
+   */
+  private attentionOut(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams, wo: Tensor, bo: Tensor | null, res: Tensor): Tensor {
+    const [c, qt] = this.attentionArgs(q, cache, layer, T, p);
+    const wt = g(wo);
+    const N = qt.shape[0];
+    const IN = p.numHeads * p.headDim;
+    const r = needF32(res, 'attentionOut', 'res');
+    const bt = bo ? g(bo) : null;
+    const fits = T === 1 && COMBINE_IN_O && wt.shape.length === 2 && wt.shape[1] === IN && numel(r.shape) === N * wt.shape[0]
+      && (!bt || numel(bt.shape) === wt.shape[0]) && combineFits(N, IN, asWeightType(wt.dtype, 'linear weight'));
+    const a = this.out([N, IN]);
+    const sp = fits ? attentionSplit(this.ctx, qt.buf, c, layer, start, T, p, a.buf) : null;
+    if (!fits) attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, a.buf);
+    if (!sp) {
+      const y = this.linearAdd(a, wo, bo, res);
+      this.dispose(a);
+      return y;
+    }
+    this.dispose(a);
+    const OUT = wt.shape[0];
+    const y = this.out([N, OUT]);
+    linearCombineKernel(this.ctx, sp, p.headDim, wt.buf, asWeightType(wt.dtype, 'linear weight'), bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT, r.buf);
+    this.ctx.release(sp.partial);
     return y;
   }
 

@@ -10,37 +10,55 @@
  * GEMM (prefill, N > GEMV_MAX_N): gemm.ts.
  */
 import { Params, type GpuContext } from './context.js';
-import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
+import { combineExpr, type SplitPartials } from './attention.js';
 import { gemmKernel } from './gemm.js';
 
 export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
-/** 16-byte loads in flight per lane: 8 x 32 lanes cover a 2048-wide bf16 row in one step */
-export const UNROLL = 4;
+/** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
+export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 4);
+
+/** the o projection's input made in its prologue: the split-K merge of the decode attention partials */
+export interface CombinePrologue {
+  D: number;
+  sums: boolean;
+}
 
 /** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
 function gemvBucket(N: number): number {
   return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, comb: CombinePrologue | null = null): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
-  const xDecl = vec
+  const xDecl = comb
+    ? `@group(0) @binding(1) var<storage, read> part: array<f32>;
+var<workgroup> xs: array<vec4<f32>, ${NORM_STAGE_CAP}>;`
+    : vec
     ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
     : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
+  // every workgroup merges the attention partials of all N x IN inputs into workgroup memory first
+  const prologue = comb
+    ? `for (var e = lid; e < p.N * p.IN; e += ${LANES * ROWS}u) {
+      ${combineExpr(comb.D, comb.sums, 'part', 'p.nsplit')}
+      xs[e / 4u][e % 4u] = val;
+    }
+    workgroupBarrier();`
+    : '';
   const body = vec
     ? `let K4 = p.IN / 4u;
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
-    ${gemvDotBody('w', dt, N, UNROLL)}`
+    ${gemvDotBody('w', dt, N, UNROLL, comb ? 'xs' : 'x')}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
   const red = warpSums(N, ROWS, sg);
-  return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32 }
+  return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32, nsplit: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecl}
 ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
@@ -53,6 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${FLAT_WG}
   let lane = lid % ${LANES}u;
   let o = wg * ${ROWS}u + lid / ${LANES}u;
+  ${prologue}
   var acc: array<f32, ${N}>;
   if (o < p.OUT) {
     ${body}
@@ -79,9 +98,31 @@ export function linearKernel(
     const NB = gemvBucket(N);
     if (res) binds.push(res);
     const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res));
-    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / ROWS)));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N, 0), binds, ctx.grid(Math.ceil(OUT / ROWS)));
     return;
   }
   if (res) throw new Error('linearKernel: the residual epilogue is for the GEMV (N <= GEMV_MAX_N)');
   gemmKernel(ctx, x, w, wdt, b, bdt, y, N, IN, OUT);
+}
+
+/** whether linearCombineKernel takes these sizes (the merged input must fit the workgroup staging buffer) */
+export function combineFits(N: number, IN: number, wdt: WDType): boolean {
+  return N <= GEMV_MAX_N && N * IN <= 4 * NORM_STAGE_CAP && IN % vecWidth(wdt) === 0;
+}
+
+/**
+ * y = res + merge(partials) · w^T (+ b): decode's o projection taking the attention's split-K partials directly, so
+ * the merge costs no dispatch of its own (each workgroup merges the N x IN inputs it reads; see combineFits).
+ */
+export function linearCombineKernel(
+  ctx: GpuContext, sp: SplitPartials, D: number, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
+  y: GPUBuffer, N: number, IN: number, OUT: number, res: GPUBuffer | null,
+): void {
+  const NB = gemvBucket(N);
+  const bias = b ? bdt : null;
+  const binds = b ? [sp.partial, w, y, b] : [sp.partial, w, y];
+  if (res) binds.push(res);
+  const comb = { D, sums: sp.sums };
+  const pl = ctx.pipeline(`gemv:${NB}:${wdt}:true:${bias}:sg${ctx.sg}${res ? ':res' : ''}:comb${D}:${sp.sums}`, () => gemvShader(NB, wdt, true, bias, ctx.sg, !!res, comb));
+  ctx.dispatch(pl, new Params().u(IN, OUT, N, sp.nsplit), binds, ctx.grid(Math.ceil(OUT / ROWS)));
 }
