@@ -55,3 +55,31 @@ test('attentionOut (split-K merge in the o projection) equals attention, linear,
     }
   }
 });
+
+test('GEMV over long rows (split-K across warps when GRAVITY_GEMV_KSPLIT > 1): N = 1..8, bf16 and f32, bias, residual', async () => {
+  const IN = 8192 + 8 * 5; // ragged against every split's 32-vector chunks
+  const OUT = 37;
+  for (const dt of ['BF16', 'F32'] as const) {
+    const wv = rand(OUT * IN, 21, 0.2);
+    const host = fromF32(wv, [OUT, IN], dt);
+    const w = be.upload(host);
+    // the weights as the kernel sees them: bf16 widens to f32 by a 16-bit shift
+    const bits = host.data as Uint16Array;
+    const wExact = dt === 'F32' ? wv : new Float32Array(new Uint32Array(bits.length).map((_, i) => bits[i] << 16).buffer);
+    const bv = rand(OUT, 22);
+    const b = be.fromF32(bv, [OUT]);
+    for (const N of [1, 3, 8]) {
+      const xv = rand(N * IN, 23 + N);
+      const rv = rand(N * OUT, 24 + N);
+      const want = new Float64Array(N * OUT);
+      for (let n = 0; n < N; n++) for (let o = 0; o < OUT; o++) {
+        let acc = 0;
+        for (let i = 0; i < IN; i++) acc += wExact[o * IN + i] * xv[n * IN + i];
+        want[n * OUT + o] = rv[n * OUT + o] + acc + bv[o];
+      }
+      const got = await be.read(be.fused.linearAdd(be.fromF32(xv, [N, IN]), w, b, be.fromF32(rv, [N, OUT])));
+      const e = relErr(got, want);
+      assert.ok(e <= 1e-5, `${dt} N=${N}: rel err ${e.toExponential(2)}`);
+    }
+  }
+});

@@ -31,7 +31,15 @@ function gemvBucket(N: number): number {
   return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, comb: CombinePrologue | null = null): string {
+/**
+ * Warps per weight row for long rows (GRAVITY_GEMV_KSPLIT): a [2048 x 11008] GEMV has only 2048 rows, one warp each
+ * is too few loads in flight for the memory system; KS warps each take 1/KS of the row (split-K) and are summed.
+ */
+const KSPLIT_LONG = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_KSPLIT) || 1);
+/** rows of at least this many elements (IN) get KSPLIT_LONG warps */
+const LONG_ROW = 8192;
+
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, comb: CombinePrologue | null = null, KS = 1): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
   const xDecl = comb
@@ -48,16 +56,20 @@ var<workgroup> xs: array<vec4<f32>, ${NORM_STAGE_CAP}>;`
     }
     workgroupBarrier();`
     : '';
+  const KV = dt === 'F32' ? 'K4' : 'K8';
+  const range = KS > 1 ? { from: `min(kpart * kchunk, ${KV})`, to: `min((kpart + 1u) * kchunk, ${KV})` } : null;
   const body = vec
     ? `let K4 = p.IN / 4u;
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
-    ${gemvDotBody('w', dt, N, UNROLL, comb ? 'xs' : 'x')}`
+    ${KS > 1 ? `let kchunk = ((${KV} + ${KS * 32 - 1}u) / ${KS * 32}u) * 32u;` : ''}
+    ${gemvDotBody('w', dt, N, UNROLL, comb ? 'xs' : 'x', range)}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
   const red = warpSums(N, ROWS, sg);
+  const sumParts = KS === 1 ? red.sum('n', 'lid / 32u') : `(${Array.from({ length: KS }, (_, j) => red.sum('n', `lid / 32u + ${j}u`)).join(' + ')})`;
   return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32, nsplit: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecl}
@@ -70,15 +82,16 @@ ${red.decl}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
   let lane = lid % ${LANES}u;
-  let o = wg * ${ROWS}u + lid / ${LANES}u;
+  let o = wg * ${ROWS / KS}u + lid / ${LANES * KS}u;
+  let kpart = (lid / ${LANES}u) % ${KS}u;
   ${prologue}
   var acc: array<f32, ${N}>;
   if (o < p.OUT) {
     ${body}
   }
   ${red.code}
-  if (lane == 0u && o < p.OUT) {
-    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = ${residual ? 'res[n * p.OUT + o] + (' : ''}${red.sum('n', 'lid / 32u')}${bias ? ' + ld_bias(o)' : ''}${residual ? ')' : ''}; } }
+  if (lane == 0u && kpart == 0u && o < p.OUT) {
+    for (var n = 0u; n < ${N}u; n++) { ${guard}{ y[n * p.OUT + o] = ${residual ? 'res[n * p.OUT + o] + (' : ''}${sumParts}${bias ? ' + ld_bias(o)' : ''}${residual ? ')' : ''}; } }
   }
 }`;
 }
@@ -97,8 +110,9 @@ export function linearKernel(
     const vec = IN % vecWidth(wdt) === 0;
     const NB = gemvBucket(N);
     if (res) binds.push(res);
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res));
-    ctx.dispatch(pl, new Params().u(IN, OUT, N, 0), binds, ctx.grid(Math.ceil(OUT / ROWS)));
+    const KS = vec && IN >= LONG_ROW ? KSPLIT_LONG : 1;
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, null, KS));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N, 0), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
     return;
   }
   if (res) throw new Error('linearKernel: the residual epilogue is for the GEMV (N <= GEMV_MAX_N)');

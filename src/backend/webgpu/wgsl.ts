@@ -108,7 +108,7 @@ export function warpSums(NB: number, warps: number, sg: number): { decl: string;
  * warp: a row of 2048 bf16 is one step of 8 x 32 loads); the last partial step is one guarded unrolled step, not a
  * serial loop of single loads.
  */
-export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x = 'x'): string {
+export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x = 'x', range: { from: string; to: string } | null = null): string {
   const guard = NB === 1 ? '' : 'if (n < p.N) ';
   const f32 = dt === 'F32';
   const KV = f32 ? 'K4' : 'K8';
@@ -119,14 +119,16 @@ export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x
         for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, ${x}[n * K4 + 2u * k${u}]) + dot(b, ${x}[n * K4 + 2u * k${u} + 1u]); } } }`;
   const U = Array.from({ length: unroll }, (_, u) => u);
   const zero = f32 ? 'vec4<f32>()' : 'vec4<u32>()';
+  // a warp may take only the part [from, to) of the row (split-K GEMV); the caller sums the parts
+  const end = range ? range.to : KV;
   return `{
     let base = row * ${KV};
-    var k = lane;
-    for (; k + ${(unroll - 1) * 32}u < ${KV}; k += ${unroll * 32}u) {
+    var k = ${range ? `${range.from} + ` : ''}lane;
+    for (; k + ${(unroll - 1) * 32}u < ${end}; k += ${unroll * 32}u) {
       ${U.map((u) => `let k${u} = k + ${u * 32}u; let w${u} = ${w}[base + k${u}];`).join('\n      ')}
       ${U.map(accum).join('\n      ')}
     }
-    for (; k < ${KV}; k += 32u) {
+    for (; k < ${end}; k += 32u) {
       let k0 = k;
       let w0 = ${w}[base + k];
       ${accum(0)}
