@@ -12,8 +12,6 @@ step 60 check node dist/bench/gpu-check.js
 step 150 gpu node dist/bench/gpu.js --dir /tmp/q3b --torch "$OUT/torch.json" --decode 48
 # int8 tensor-core prefill linears (opt-in, lossy): same table, prefill rows
 step 90 gpu-q8 env GRAVITY_WEBGPU_Q8=sm GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis node dist/bench/gpu.js --dir /tmp/q3b --torch "$OUT/torch.json" --skip attn --decode 8
-# decode settings under study
-step 45 dec-nosplit env GRAVITY_DECODE_KEYS_PER_SPLIT=1024 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 48
-step 45 dec-flush env GRAVITY_WEBGPU_FLUSH_EVERY=4096 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 48
-step 45 gemv node dist/bench/gpu.js --gemv --dir /tmp/q3b
+# decode settings side by side, and each decode kernel alone
+step 200 decode bash bench/run-h200-decode.sh
 exit 0
