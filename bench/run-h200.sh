@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU benchmark in one call on the GPU machine (after bash ../shared/device/pack.sh here):
 #   run with carry [.device, dist]:  source .device/setup.sh >/dev/null && bash bench/run-h200.sh
-# Every step is time-boxed so that the call fits the device's 10-minute limit; results go to $OUT.
+# Every step is time-boxed so that the call fits the device's 10-minute limit; results go to $OUT (6 files: the
+# device returns at most 8).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -12,6 +13,6 @@ step 60 check node dist/bench/gpu-check.js
 step 150 gpu node dist/bench/gpu.js --dir /tmp/q3b --torch "$OUT/torch.json" --decode 48
 # int8 tensor-core prefill linears (opt-in, lossy): same table, prefill rows
 step 90 gpu-q8 env GRAVITY_WEBGPU_Q8=sm GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis node dist/bench/gpu.js --dir /tmp/q3b --torch "$OUT/torch.json" --skip attn --decode 8
-# decode settings side by side, and each decode kernel alone
-step 200 decode bash bench/run-h200-decode.sh
+# each decode kernel alone (GPU timestamps); bench/run-h200-decode.sh compares decode settings
+step 40 gemv node dist/bench/gpu.js --gemv --dir /tmp/q3b
 exit 0
