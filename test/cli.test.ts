@@ -47,6 +47,21 @@ test('generate: greedy --json reproduces the PyTorch greedy tokens (gravity and 
   }
 });
 
+test('generate --device webgpu: the PyTorch greedy tokens; --int8-prefill runs there and is refused on the cpu', () => {
+  const g = expected.gravity_greedy;
+  const args = ['generate', '--model', FIX, '--prompt-ids', g.prompt.join(','), '--max-tokens', '16', '--temperature', '0', '--json'];
+  const r = gravity([...args, '--device', 'webgpu']);
+  assert.equal(r.code, 0, r.err);
+  assert.deepEqual(JSON.parse(r.out.trim().split('\n').at(-1)!), { prompt_ids: g.prompt, output_ids: g.tokens });
+  // int8 prefill is not exact: only its shape is checked here (test/webgpu-q8.test.ts checks the numbers)
+  const q = gravity([...args, '--device', 'webgpu', '--int8-prefill']);
+  assert.equal(q.code, 0, q.err);
+  assert.equal(JSON.parse(q.out.trim().split('\n').at(-1)!).output_ids.length, 16);
+  const c = gravity([...args, '--int8-prefill']);
+  assert.equal(c.code, 1);
+  assert.match(c.err, /--int8-prefill is a WebGPU option/);
+});
+
 test('generate: an out-of-vocabulary id is a one-line error', () => {
   const r = gravity(['generate', '--model', FIX, '--prompt-ids', '999999', '--temperature', '0']);
   assert.equal(r.code, 1);

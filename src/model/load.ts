@@ -32,6 +32,8 @@ export interface LoadOptions {
   eps?: number;
   /** PEFT adapter folder applied without merging */
   adapter?: string;
+  /** WebGPU: int8 prefill linears (see createBackend) */
+  int8Prefill?: boolean;
   /** an already created backend (tests, benchmarks) */
   backend?: Backend;
   onProgress?: (done: number, total: number, what: string) => void;
@@ -53,11 +55,17 @@ export function registerAdapterLoader(f: (dir: string, numLayers: number) => Pro
   adapterLoader = f;
 }
 
-export async function createBackend(device: DeviceName = 'cpu'): Promise<Backend> {
+/**
+ * `int8Prefill`: on WebGPU, prefill linears in int8 (per-row int8 weights x int8 activations, i32 sums; tensor
+ * cores where the adapter has i8 subgroup matrices, else DP4A). Faster prefill, not exact (~1e-2 relative logits).
+ */
+export async function createBackend(device: DeviceName = 'cpu', opts: { int8Prefill?: boolean } = {}): Promise<Backend> {
+  if (opts.int8Prefill && device === 'cpu') fail('--int8-prefill is a WebGPU option: add --device webgpu (or auto)');
   if (device === 'cpu') return createCpuBackend();
   const wg = await import('../backend/webgpu/index.js');
-  if (device === 'webgpu') return wg.createWebGPUBackend();
-  if (device === 'auto') return (await wg.webgpuAvailable()) ? wg.createWebGPUBackend() : createCpuBackend();
+  const wopts = opts.int8Prefill ? { q8: 'auto' as const } : {};
+  if (device === 'webgpu') return wg.createWebGPUBackend(wopts);
+  if (device === 'auto') return (await wg.webgpuAvailable()) ? wg.createWebGPUBackend(wopts) : createCpuBackend();
   return fail(`unknown device '${device}' (cpu, webgpu, auto)`);
 }
 
@@ -133,7 +141,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     transform = await adapterLoader(opts.adapter, cfg.numLayers);
   }
 
-  const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu'));
+  const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu', { int8Prefill: opts.int8Prefill }));
   const names = files.weights.names();
   let done = 0;
   const weights = uploadWeights(

@@ -12,12 +12,16 @@ import { GravityError } from '../../errors.js';
 let nodeGpu: GPU | null = null;
 
 /** Dawn options for experiments, e.g. GRAVITY_DAWN_FLAGS='enable-dawn-features=allow_unsafe_apis,disable_robustness' */
-function dawnFlags(): string[] {
+function dawnFlags(unsafe: boolean): string[] {
   const f = process.env.GRAVITY_DAWN_FLAGS;
-  return f ? f.split(/\s+/).filter((s) => s) : [];
+  const flags = f ? f.split(/\s+/).filter((s) => s) : [];
+  // the int8 subgroup matrices (tensor cores) are behind Dawn's allow_unsafe_apis
+  if (unsafe && !flags.some((s) => s.includes('allow_unsafe_apis'))) flags.push('enable-dawn-features=allow_unsafe_apis');
+  return flags;
 }
 
-async function getGpu(): Promise<GPU | null> {
+/** `unsafe`: ask Dawn for allow_unsafe_apis (only effective when this is the process's first Dawn instance) */
+async function getGpu(unsafe = false): Promise<GPU | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
   if (typeof process === 'undefined' || !process.versions?.node) return null;
@@ -26,13 +30,13 @@ async function getGpu(): Promise<GPU | null> {
     // the GPUBufferUsage-style constants etc., without overwriting anything the host already defines
     const g = globalThis as Record<string, unknown>;
     for (const [k, v] of Object.entries(mod.globals as Record<string, unknown>)) if (!(k in g)) g[k] = v;
-    nodeGpu = mod.create(dawnFlags());
+    nodeGpu = mod.create(dawnFlags(unsafe));
   }
   return nodeGpu;
 }
 
-async function getAdapter(powerPreference: GPUPowerPreference = 'high-performance'): Promise<GPUAdapter | null> {
-  const gpu = await getGpu();
+async function getAdapter(powerPreference: GPUPowerPreference = 'high-performance', unsafe = false): Promise<GPUAdapter | null> {
+  const gpu = await getGpu(unsafe);
   if (!gpu) return null;
   return gpu.requestAdapter({ powerPreference });
 }
@@ -86,7 +90,7 @@ function subgroupLanes(adapter: GPUAdapter, want: boolean | undefined): number {
 export async function createDevice(opts: { timestamps?: boolean; powerPreference?: GPUPowerPreference; subgroups?: boolean; subgroupMatrix?: boolean } = {}): Promise<DeviceInfo> {
   let adapter: GPUAdapter | null;
   try {
-    adapter = await getAdapter(opts.powerPreference);
+    adapter = await getAdapter(opts.powerPreference, !!opts.subgroupMatrix);
   } catch (e) {
     throw new GravityError(`WebGPU: no adapter found (install a Vulkan driver, or use --device cpu): ${(e as Error).message}`);
   }
