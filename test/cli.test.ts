@@ -54,7 +54,9 @@ test('generate --device webgpu: the PyTorch greedy tokens; --int8-prefill runs t
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(JSON.parse(r.out.trim().split('\n').at(-1)!), { prompt_ids: g.prompt, output_ids: g.tokens });
   // int8 prefill is not exact: only its shape is checked here (test/webgpu-q8.test.ts checks the numbers)
-  const q = gravity([...args, '--device', 'webgpu', '--int8-prefill']);
+  // a 20-token prompt, so that the prefill is a GEMM (more than 8 rows) and takes the int8 path
+  const long = Array.from({ length: 20 }, (_, i) => (i * 37 + 11) % 256).join(',');
+  const q = gravity(['generate', '--model', FIX, '--prompt-ids', long, '--max-tokens', '16', '--temperature', '0', '--json', '--device', 'webgpu', '--int8-prefill']);
   assert.equal(q.code, 0, q.err);
   assert.equal(JSON.parse(q.out.trim().split('\n').at(-1)!).output_ids.length, 16);
   const c = gravity([...args, '--int8-prefill']);
