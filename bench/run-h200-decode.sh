@@ -9,9 +9,8 @@ mkdir -p "$OUT"
 dec() { local name=$1; shift; echo "== $name"; env "$@" timeout 40 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 64 2>&1 | grep -E 'step loop|^decode after'; }
 {
 dec default X=1
+dec attn-old GRAVITY_DECODE_ATTN=old
 dec unroll8 GRAVITY_GEMV_UNROLL=8
-dec ksplit1 GRAVITY_GEMV_KSPLIT=1
-dec comb GRAVITY_DECODE_COMBINE_IN_O=1
 dec flush4096 GRAVITY_WEBGPU_FLUSH_EVERY=4096
 } > "$OUT/decode-settings.txt"
 grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)' "$OUT/decode-settings.txt"
