@@ -25,7 +25,6 @@ import type { AttentionKind, AttentionParams } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
 import type { GpuKVCache } from './kvcache.js';
-import { decodeFits, decodeShader } from './attention-decode.js';
 import { choosePrefillCfg, prefillKey, prefillShader } from './attention-prefill.js';
 
 interface Cfg {
@@ -246,16 +245,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-/**
- * Which decode kernel runs: 'subgroup' (attention-decode.ts; where the device has subgroups and the shape fits)
- * or 'old' (the tiled kernel below). GRAVITY_DECODE_ATTN=old picks the old one; tests flip it to compare.
- */
-export const decodeImpl: { kernel: 'subgroup' | 'old' } = {
-  kernel: typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_ATTN === 'old' ? 'old' : 'subgroup',
-};
-/** keys per split of the subgroup decode kernel (fewer splits when that would exceed DECODE_WORKGROUPS) */
-const SUBGROUP_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_SG_KEYS) || 32);
-
 /** Target number of workgroups for decode: enough to fill a big GPU's SMs twice over. */
 const DECODE_WORKGROUPS = 256;
 /**
@@ -319,20 +308,6 @@ export function attentionSplit(
     return null;
   }
   const keys = start + T;
-  if (decode && decodeImpl.kernel === 'subgroup' && ctx.sg > 0 && decodeFits(D, G, ctx.sg)) {
-    let ns = Math.max(1, Math.min(Math.ceil(DECODE_WORKGROUPS / (B * Hkv)), Math.ceil(keys / SUBGROUP_KEYS_PER_SPLIT)));
-    const kp = Math.ceil(keys / ns);
-    ns = Math.ceil(keys / kp);
-    const pl = ctx.pipeline(`attn-dec:${p.kind}:${fixed}:${ns > 1}:${D}:${G}:${ctx.sg}`, () => decodeShader(D, G, ctx.sg, p.kind, fixed, ns > 1));
-    if (ns === 1) {
-      ctx.dispatch(pl, params(kp, 1), [q, L.kv, c.valid, mass, out], [1, B * Hkv]);
-      return null;
-    }
-    const rows = B * Hq;
-    const partial = ctx.alloc(rows * ns * (D + 2) * 4, 'attention partials');
-    ctx.dispatch(pl, params(kp, ns), [q, L.kv, c.valid, mass, partial], [ns, B * Hkv]);
-    return { partial, nsplit: ns, sums: fixed || p.kind === 'gravity-pure', rows };
-  }
   const cfg = chooseCfg(ctx, D, G, decode);
   let nsplit = 1;
   let kps = keys;
