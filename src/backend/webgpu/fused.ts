@@ -1,7 +1,8 @@
 /**
- * Fused pieces of a decoder layer (Backend.fused). Decode is bound by the host, not the GPU: every dispatch costs
- * tens of microseconds of encoding in Dawn's node binding against ~3.5 µs on the GPU, so a token's ~620 dispatches
- * took ~18 ms of wall time for ~6 ms of GPU work. These kernels cut a layer from 17 dispatches to 8:
+ * Fused pieces of a decoder layer (Backend.fused). Decode pays per dispatch twice: the host records each one
+ * (Dawn's node binding plus our JS, ~15 µs on the H200's host) and the GPU drains between dependent ones, so a
+ * token's ~620 unfused dispatches took ~18 ms for ~6 ms of GPU work. These kernels cut a layer from 17 dispatches
+ * to 6 (q/k/v, attention and its split-K merge, o, gate/up, down; 221 per token for Qwen2.5-3B):
  *  - the RMSNorm before q/k/v and before gate/up: each GEMV workgroup computes the row norms of the residual
  *    stream and stages rmsnorm(x) * g in workgroup memory (normPrologue), so no separate norm kernel runs.
  *  - the residual adds after o and down: in the GEMV's epilogue (linear.ts, `res`).
@@ -10,7 +11,8 @@
  *    straight into the cache slots. Replaces 3 GEMVs, 2 ropes and writeKV.
  *  - gate/up GEMV with the SwiGLU epilogue: each workgroup owns 4 gate rows and the 4 matching up rows.
  *  - prefill (N > GEMV_MAX_N): the GEMMs stay, then one kernel does RoPE on q and k and the KV write.
- * Results equal the unfused ops' (same f32 operations in the same order per output).
+ * Results equal the unfused ops' (same f32 operations in the same order per output; the norm prologue's sum of
+ * squares adds in another order, ~1e-7 relative).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
 import { FLAT_WG, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, normPrologue, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
