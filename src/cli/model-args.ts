@@ -29,7 +29,8 @@ export const MODEL_USAGE = `  --model DIR            model folder (config.json, 
   --adapter DIR          PEFT LoRA adapter folder applied on load
   --device cpu|webgpu|auto   compute device (default cpu)
   --int8-prefill         WebGPU: prompt (prefill) linears in int8 (int8 tensor cores where the GPU exposes
-                         them): ~2x faster long prompts on an H200, logits ~1e-2 relative off; decode stays exact`;
+                         them): ~2x faster long prompts on an H200, logits ~1e-2 relative off; decode stays exact;
+                         keeps an int8 copy of each linear weight (+50% weight memory for bf16 models)`;
 
 /** The package root: the nearest folder above this file whose package.json is gravity-lm (src/ or dist/src/). */
 export function packageRoot(): string {
