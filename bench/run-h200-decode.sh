@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Decode settings side by side on the GPU machine (earlier calls also tried 4 warps per long row, 32 keys per
-# attention split and unroll 8 with 4 warps: none beat the defaults) (one call; see bench/run-h200.sh for the whole benchmark):
+# Decode settings side by side on the GPU machine, one process per setting (see bench/run-h200.sh for the whole
+# benchmark; bench/RESULTS.md has the settings tried in earlier calls):
 #   source .device/setup.sh >/dev/null && bash bench/run-h200-decode.sh   (needs /tmp/q3b from bench_torch.py)
 set -u
 OUT=${OUT:-/tmp/out}
