@@ -14,6 +14,7 @@ import { createWebGPUBackend } from '../src/backend/webgpu/index.js';
 import { GpuTensor } from '../src/backend/webgpu/context.js';
 import { freeWeight, parseSmConfig, q8Gemm, quantizeActs, quantizeWeight, releaseActs, smConfigKey, smShader, type Q8Acts, type Q8Weight, type SmConfig } from '../src/backend/webgpu/linear-q8.js';
 import { loadModel } from '../src/model/load.js';
+import { rand } from '../test/helpers/random.js';
 
 const { values } = parseArgs({
   options: {
@@ -33,17 +34,6 @@ log(`adapter: ${be.adapterName}; Q8 GEMM by default: ${be.q8}; subgroup matrices
 be.q8 = null;
 const reps = Number(values.reps);
 
-function rand(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale;
-  }
-  return out;
-}
 /** f32 -> bf16 by truncation (the benchmark needs bf16-shaped data, not a rounding study) */
 function bf16(f: Float32Array): Uint16Array {
   const u = new Uint32Array(f.buffer, f.byteOffset, f.length);

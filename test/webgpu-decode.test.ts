@@ -10,6 +10,7 @@ import { attentionParams } from '../src/attention/registry.js';
 import type { AttentionKind } from '../src/backend/backend.js';
 import { fromF32 } from '../src/tensor/dtype.js';
 import { relErr } from './helpers/fixtures.js';
+import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
 before(async () => {
@@ -20,18 +21,6 @@ before(async () => {
   be = await createWebGPUBackend();
 });
 after(() => be?.destroy());
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale;
-  }
-  return out;
-}
 
 test('attentionOut (split-K merge in the o projection) equals attention, linear, add', async () => {
   const Hq = 4, Hkv = 2, D = 16, C = 24, maxLen = 320;

@@ -9,24 +9,13 @@ import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/i
 import { gemmChoose, gemmKernel, gemmName, gemmSharedBytes, parseGemm, type GemmChoice } from '../src/backend/webgpu/gemm.js';
 import { fromF32, toF32, type DType } from '../src/tensor/dtype.js';
 import type { GpuTensor } from '../src/backend/webgpu/context.js';
+import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
 before(async () => {
   be = await createWebGPUBackend();
 });
 after(() => be?.destroy());
-
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (s >>> 0) / 2 ** 32 * 2 - 1;
-  }
-  return out;
-}
 
 describe('webgpu gemm variants', () => {
   test('config parsing and the default choice', () => {

@@ -9,24 +9,13 @@ import assert from 'node:assert/strict';
 import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
 import { fromF32, toF32, type DType } from '../src/tensor/dtype.js';
 import { parseSmConfig, quantizeWeight, freeWeight, smShader, SM_DEFAULT } from '../src/backend/webgpu/linear-q8.js';
+import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
 before(async () => {
   be = await createWebGPUBackend({ q8: false });
 });
 after(() => be?.destroy());
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale;
-  }
-  return out;
-}
 
 function roundEven(x: number): number {
   const f = Math.floor(x);

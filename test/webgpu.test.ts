@@ -16,6 +16,7 @@ import { gravityFixedMax } from '../src/backend/webgpu/attention.js';
 import * as path from 'node:path';
 import { loadModel } from '../src/model/load.js';
 import { FIXTURES, INFERENCE_FIXTURES, argmax, loadExpected, relErr as fixtureErr } from './helpers/fixtures.js';
+import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
 
@@ -23,19 +24,6 @@ before(async () => {
   be = await createWebGPUBackend();
 });
 after(() => be?.destroy());
-
-/** deterministic uniform values in [-1, 1) */
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale;
-  }
-  return out;
-}
 
 /** max |got - want| / max |want| */
 function relErr(got: Float32Array, want: ArrayLike<number>): number {
