@@ -14,7 +14,7 @@ test('src/backend/webgpu + src/model/qwen2 bundle for the browser without Node b
     stdin: {
       contents: `export { createWebGPUBackend } from './src/backend/webgpu/index.ts';
 export { Qwen2Model, uploadWeights } from './src/model/qwen2.ts';
-export { generate } from './src/generate/generate.ts';
+export { generate } from './src/generate/generate.ts';`,
       resolveDir: root,
       loader: 'ts',
     },
