@@ -3,7 +3,7 @@
  * element `vOff`), so that a kernel needs one binding for both (the fused q/k/v projection already binds 8
  * storage buffers, the WebGPU default limit). No squared key norms: the GPU attention sums |q - k|² directly,
  * which does not cancel in f32 the way |q|² + |k|² - 2 q·k does, and attentionProbs recomputes them from k.
- * The host keyValid mask is uploaded only when it differs from the last upload.
+ * The host keyValid mask is uploaded only where it differs from the last upload (see syncMask).
  */
 import { GravityError } from '../../errors.js';
 import type { KVCache } from '../backend.js';
@@ -41,19 +41,28 @@ export class GpuKVCache implements KVCache {
     this.valid = dev.createBuffer({ size: Math.max(batch * maxLen * 4, 16), usage });
   }
 
-  /** Uploads the mask if the host copy changed since the last upload. */
+  /**
+   * Uploads what changed in the host mask since the last upload. A few slots (decode: one per sequence and
+   * token) go as a scatter dispatch recorded in stream order, so the recording goes on without a submit; many
+   * (a prefill) as one write after a flush.
+   */
   syncMask(): void {
     const kv = this.keyValid;
+    const old = this.uploaded;
     // called once per layer: compare 4 bytes at a time (both arrays are fresh, so 4-aligned)
     const n4 = kv.length >> 2;
     const a = new Uint32Array(kv.buffer, kv.byteOffset, n4);
-    const b = new Uint32Array(this.uploaded.buffer, this.uploaded.byteOffset, n4);
-    let same = true;
-    for (let i = 0; i < n4; i++) if (a[i] !== b[i]) { same = false; break; }
-    for (let i = n4 * 4; same && i < kv.length; i++) if (kv[i] !== this.uploaded[i]) same = false;
-    if (same) return;
-    this.ctx.writeNow(this.valid, 0, Uint32Array.from(kv));
-    this.uploaded.set(kv);
+    const b = new Uint32Array(old.buffer, old.byteOffset, n4);
+    const changed: number[] = [];
+    for (let i = 0; i < n4 && changed.length <= MAX_SCATTER; i++) {
+      if (a[i] === b[i]) continue;
+      for (let j = 4 * i; j < 4 * i + 4; j++) if (kv[j] !== old[j]) changed.push(j);
+    }
+    for (let j = n4 * 4; j < kv.length; j++) if (kv[j] !== old[j]) changed.push(j);
+    if (changed.length === 0) return;
+    if (changed.length > MAX_SCATTER) this.ctx.writeNow(this.valid, 0, Uint32Array.from(kv));
+    else scatterKernel(this.ctx, this.valid, Uint32Array.from(changed.flatMap((j) => [j, kv[j]])));
+    old.set(kv);
   }
 
   destroy(): void {
@@ -62,6 +71,23 @@ export class GpuKVCache implements KVCache {
     this.layers.length = 0;
     this.valid.destroy();
   }
+}
+
+/** slots beyond which syncMask uploads the whole mask instead of scattering them */
+const MAX_SCATTER = 4096;
+
+/** valid[pairs[2i]] = pairs[2i + 1]: a few mask slots, in stream order */
+function scatterKernel(ctx: GpuContext, valid: GPUBuffer, pairs: Uint32Array): void {
+  const n = pairs.length / 2;
+  const pl = ctx.pipeline('mask-scatter', () => `struct P { n: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> pairs: array<u32>;
+@group(0) @binding(2) var<storage, read_write> valid: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x < p.n) { valid[pairs[2u * gid.x]] = pairs[2u * gid.x + 1u]; }
+}`);
+  ctx.dispatch(pl, new Params().u(n), [{ data: pairs }, valid], [Math.ceil(n / 64)]);
 }
 
 /** k, v [B*T, Hkv*D] -> slots [start, start+T): one 64-thread workgroup per (row, kv head). */
