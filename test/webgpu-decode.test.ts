@@ -76,3 +76,32 @@ test('GEMV over long rows (split-K across warps when GRAVITY_GEMV_KSPLIT > 1): N
     }
   }
 });
+
+test('the key mask on the GPU follows the host mask: whole uploads (> 4096 changed slots) and scattered slots', async () => {
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const cpu = createCpuBackend();
+  const Hq = 4, Hkv = 2, D = 16, maxLen = 4300;
+  const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
+  const k = rand(maxLen * Hkv * D, 31, 0.5);
+  const v = rand(maxLen * Hkv * D, 32);
+  const q = rand(Hq * D, 33, 0.5);
+  const caches = [be, cpu].map((b) => {
+    const c = b.createKVCache(1, 1, maxLen, Hkv, D);
+    b.writeKV(c, 0, b.fromF32(k, [maxLen, Hkv * D]), b.fromF32(v, [maxLen, Hkv * D]), 0, maxLen);
+    return c;
+  });
+  const p = attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1);
+  const steps: [string, (m: Uint8Array) => void][] = [
+    ['all 4300 slots valid (a whole upload)', (m) => m.fill(1)],
+    ['100 slots masked (scattered)', (m) => m.fill(0, 1000, 1100)],
+    ['one slot back (scattered)', (m) => (m[1050] = 1)],
+    ['half masked (a whole upload)', (m) => m.fill(0, 0, 4200)],
+  ];
+  for (const [what, change] of steps) {
+    for (const c of caches) change(c.keyValid);
+    const got = await be.read(be.attention(be.fromF32(q, [1, Hq * D]), caches[0], 0, maxLen - 1, 1, p));
+    const want = await cpu.read(cpu.attention(cpu.fromF32(q, [1, Hq * D]), caches[1], 0, maxLen - 1, 1, p));
+    const e = relErr(got, want);
+    assert.ok(e <= 1e-5, `${what}: rel err ${e.toExponential(2)}`);
+  }
+});
