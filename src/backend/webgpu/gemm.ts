@@ -21,6 +21,7 @@
  * Legacy kernel (the previous one: scalar global loads, [k][row] staging): IN not a multiple of the vector width, and
  * the benchmark's baseline.
  */
+import { GravityError } from '../../errors.js';
 import { Params, type GpuContext } from './context.js';
 import { scalarLoad, vecWidth, type WDType } from './wgsl.js';
 
@@ -53,7 +54,7 @@ export function parseGemm(s: string): GemmChoice {
   const l = /^legacy:(64|128)$/.exec(s);
   if (l) return { legacy: Number(l[1]) };
   const m = /^(\d+)x(\d+)x(\d+)\/(\d+)x(\d+)(\/nopf|\/db)?$/.exec(s);
-  if (!m) throw new Error(`gemm config '${s}': expected BMxBNxBK/TMxTN[/nopf|/db] or legacy:64|128`);
+  if (!m) throw new GravityError(`gemm config '${s}': expected BMxBNxBK/TMxTN[/nopf|/db] or legacy:64|128`);
   const c = { BM: +m[1], BN: +m[2], BK: +m[3], TM: +m[4], TN: +m[5], prefetch: m[6] !== '/nopf', double: m[6] === '/db' };
   checkConfig(c);
   return c;
@@ -69,7 +70,7 @@ function checkConfig(c: GemmConfig): void {
   const ok =
     Number.isInteger(TX) && Number.isInteger(TY) && TX * TY <= 256 && TX * TY >= 32 && c.BK % 8 === 0 && c.BK >= 8 &&
     (TX * TY) % (c.BK / 4) === 0 && c.TM >= 1 && c.TN >= 1;
-  if (!ok) throw new Error(`gemm config ${gemmName(c)} is not supported (threads = (BN/TN)·(BM/TM) in 32..256, BK % 8 = 0)`);
+  if (!ok) throw new GravityError(`gemm config ${gemmName(c)} is not supported (threads = (BN/TN)·(BM/TM) in 32..256, BK % 8 = 0)`);
 }
 
 /** vec4 slots per staged row, and whether rows are swizzled (8 vec4 a row) or padded (odd stride) */
@@ -106,7 +107,7 @@ export function gemmKernel(
   const BN = 'legacy' in c ? c.legacy : c.BN;
   const gx = Math.ceil(OUT / BN);
   const gy = Math.ceil(N / BM);
-  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new Error(`linear: [${N}, ${OUT}] output is too large for one dispatch`);
+  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new GravityError(`linear: [${N}, ${OUT}] output is too large for one dispatch`);
   if ('legacy' in c) {
     const pl = ctx.pipeline(`gemm:${c.legacy}:${wdt}:${bias}`, () => legacyShader(wdt, bias, c.legacy));
     ctx.dispatch(pl, new Params().u(N, IN, OUT), binds, [gx, gy]);

@@ -11,6 +11,7 @@
  * Layout: packed rows are KP bytes (IN rounded up to KPAD, zero-filled), row counts are rounded up to RPAD with zero
  * rows, so neither GEMM guards its loads; only the f32 store is guarded.
  */
+import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
 import { FLAT_WG, scalarLoad, type WDType } from './wgsl.js';
 
@@ -61,11 +62,11 @@ export const SM_DEFAULT: SmConfig = { BM: 128, BN: 128, SGM: 2, SGN: 2, BK: 64, 
 export function parseSmConfig(s: string | undefined): SmConfig {
   if (!s) return SM_DEFAULT;
   const m = /^(\d+)x(\d+):(\d+)x(\d+):(\d+)(.*)$/.exec(s);
-  if (!m) throw new Error(`Q8 subgroup-matrix config '${s}': expected BMxBN:SGMxSGN:BK[:direct][:u4]`);
+  if (!m) throw new GravityError(`Q8 subgroup-matrix config '${s}': expected BMxBN:SGMxSGN:BK[:direct][:u4]`);
   const c: SmConfig = { BM: +m[1], BN: +m[2], SGM: +m[3], SGN: +m[4], BK: +m[5], stage: !m[6].includes('direct'), unit: m[6].includes('u4') ? 4 : 1 };
   const fm = c.BM / c.SGM / 16, fn = c.BN / c.SGN / 16;
   if (c.BM > RPAD || c.BN > RPAD || RPAD % c.BM || RPAD % c.BN || !Number.isInteger(fm) || !Number.isInteger(fn) || fm < 1 || fn < 1 || KPAD % c.BK || c.BK % 32) {
-    throw new Error(`Q8 subgroup-matrix config '${s}' does not tile ${RPAD}-row / ${KPAD}-byte padded operands in 16x16x32 steps`);
+    throw new GravityError(`Q8 subgroup-matrix config '${s}' does not tile ${RPAD}-row / ${KPAD}-byte padded operands in 16x16x32 steps`);
   }
   return c;
 }
@@ -378,7 +379,7 @@ export function q8Gemm(ctx: GpuContext, a: Q8Acts, w: Q8Weight, b: GPUBuffer | n
 }
 
 function checkGrid(ctx: GpuContext, gx: number, gy: number, N: number, OUT: number): void {
-  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new Error(`q8Gemm: [${N}, ${OUT}] output is too large for one dispatch`);
+  if (gx > ctx.maxGroups || gy > ctx.maxGroups) throw new GravityError(`q8Gemm: [${N}, ${OUT}] output is too large for one dispatch`);
 }
 
 let envSm: SmConfig | null = null;
@@ -404,7 +405,7 @@ export function q8Wanted(opt: boolean | 'auto' | Q8Kind | undefined): 'auto' | Q
   if (v === undefined || v === false || v === '0' || v === '') return null;
   if (v === true || v === '1' || v === 'auto') return 'auto';
   if (v === 'sm' || v === 'dp4a') return v;
-  throw new Error(`GRAVITY_WEBGPU_Q8='${v}': expected 0, 1, auto, sm or dp4a`);
+  throw new GravityError(`GRAVITY_WEBGPU_Q8='${v}': expected 0, 1, auto, sm or dp4a`);
 }
 
 /** Weights quantized on first use, by weight tensor; dropped with it. */
