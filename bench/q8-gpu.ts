@@ -15,6 +15,7 @@ import { GpuTensor } from '../src/backend/webgpu/context.js';
 import { freeWeight, parseSmConfig, q8Gemm, quantizeActs, quantizeWeight, releaseActs, smConfigKey, smShader, type Q8Acts, type Q8Weight, type SmConfig } from '../src/backend/webgpu/linear-q8.js';
 import { loadModel } from '../src/model/load.js';
 import { rand } from '../test/helpers/random.js';
+import { relErr } from '../test/helpers/fixtures.js';
 
 const { values } = parseArgs({
   options: {
@@ -53,16 +54,6 @@ async function time(f: () => void, n = reps): Promise<number> {
     best = Math.min(best, (performance.now() - t) / n);
   }
   return best;
-}
-function relErr(got: Float32Array, want: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < got.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity;
-    num = Math.max(num, Math.abs(got[i] - want[i]));
-    den = Math.max(den, Math.abs(want[i]));
-  }
-  return num / den;
 }
 const out = (N: number, OUT: number) => ctx.alloc(N * OUT * 4, 'bench output');
 const read = async (b: GPUBuffer, n: number) => new Float32Array(await ctx.readBuffer(b, 0, n * 4));
