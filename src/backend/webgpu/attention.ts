@@ -232,16 +232,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 /** sums: every split's m is the same (fixed max, gravity-pure), so the weights exp(m_s - max m) are all 1 */
 function combineShader(D: number, sums: boolean): string {
+  const merge = sums
+    ? `var L = 0.0;
+  var O = 0.0;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let o = base + s * (D + 2u);
+    L += part[o + D + 1u];
+    O += part[o + e % D];
+  }`
+    : `var mx = -1.0e30;
+  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, part[base + s * (D + 2u) + D]); }
+  var L = 0.0;
+  var O = 0.0;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let o = base + s * (D + 2u);
+    let w = exp(part[o + D] - mx);
+    L += part[o + D + 1u] * w;
+    O += part[o + e % D] * w;
+  }`;
   return `struct P { n: u32, nsplit: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const D = ${D}u;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let e = (wid.y * nwg.x + wid.x) * 64u + lid;
   if (e >= p.n) { return; }
-  ${combineExpr(D, sums, 'part', 'p.nsplit')}
-  out[e] = val;
+  let row = e / D;                // (b * T + t) * Hq + h
+  let base = row * p.nsplit * (D + 2u);
+  ${merge}
+  out[e] = select(0.0, O / L, L > 0.0);
 }`;
 }
 
@@ -256,32 +277,6 @@ const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env
 export function attentionKernel(
   ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
 ): void {
-  const sp = attentionSplit(ctx, q, c, layer, start, T, p, out);
-  if (!sp) return;
-  const cpl = ctx.pipeline(`attn-combine:${p.headDim}:${sp.sums}`, () => combineShader(p.headDim, sp.sums));
-  ctx.dispatch(cpl, new Params().u(sp.rows * p.headDim, sp.nsplit), [sp.partial, out], ctx.grid(Math.ceil((sp.rows * p.headDim) / 64)));
-  ctx.release(sp.partial);
-}
-
-/**
- * Decode's key-split partials: per row (b * T + t) * Hq + h and split s, [o (D), m, l] at ((row * nsplit + s) * (D + 2)).
- * With `sums` every split has the same m and the partials combine by plain sums (see combineShader).
- */
-export interface SplitPartials {
-  partial: GPUBuffer;
-  nsplit: number;
-  sums: boolean;
-  rows: number;
-}
-
-/**
- * The attention kernels without the split-K combine: writes `out` and returns null, or (decode with the key axis
- * split) returns the partials, which the caller combines (attentionKernel, or the o projection's prologue) and
- * releases.
- */
-export function attentionSplit(
-  ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
-): SplitPartials | null {
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   if (Hkv !== c.numKVHeads || D !== c.headDim) {
     throw new GravityError(`attention: params say ${Hkv} kv heads x ${D}, the cache has ${c.numKVHeads} x ${c.headDim}`);
@@ -305,7 +300,7 @@ export function attentionSplit(
     const pl = ctx.pipeline(prefillKey(pc, p.kind, fixed, ctx.sg), () => prefillShader(pc, p.kind, fixed, ctx.sg));
     const TQ = Math.floor(pc.R / G);
     ctx.dispatch(pl, params(start + T, 1), [q, L.kv, c.valid, mass, out], [Math.ceil(T / TQ), 1, B * Hkv]);
-    return null;
+    return;
   }
   const keys = start + T;
   const cfg = chooseCfg(ctx, D, G, decode);
@@ -322,35 +317,13 @@ export function attentionSplit(
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {
     ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, out], groups);
-    return null;
+    return;
   }
   const rows = B * T * Hq;
   const partial = ctx.alloc(rows * nsplit * (D + 2) * 4, 'attention partials');
   ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, partial], groups);
-  return { partial, nsplit, sums: fixed || p.kind === 'gravity-pure', rows };
-}
-
-/** The split-K merge of one output element e (of row = e / D) as WGSL statements leaving it in `val` (see combineShader). */
-export function combineExpr(D: number, sums: boolean, part: string, nsplit: string): string {
-  const merge = sums
-    ? `var L = 0.0;
-      var O = 0.0;
-      for (var s = 0u; s < ${nsplit}; s++) {
-        let o = base + s * (${D}u + 2u);
-        L += ${part}[o + ${D}u + 1u];
-        O += ${part}[o + e % ${D}u];
-      }`
-    : `var mx = -1.0e30;
-      for (var s = 0u; s < ${nsplit}; s++) { mx = max(mx, ${part}[base + s * (${D}u + 2u) + ${D}u]); }
-      var L = 0.0;
-      var O = 0.0;
-      for (var s = 0u; s < ${nsplit}; s++) {
-        let o = base + s * (${D}u + 2u);
-        let w = exp(${part}[o + ${D}u] - mx);
-        L += ${part}[o + ${D}u + 1u] * w;
-        O += ${part}[o + e % ${D}u] * w;
-      }`;
-  return `let base = (e / ${D}u) * ${nsplit} * (${D}u + 2u);
-      ${merge}
-      let val = select(0.0, O / L, L > 0.0);`;
+  const sums = fixed || p.kind === 'gravity-pure';
+  const cpl = ctx.pipeline(`attn-combine:${D}:${sums}`, () => combineShader(D, sums));
+  ctx.dispatch(cpl, new Params().u(rows * D, nsplit), [partial, out], ctx.grid(Math.ceil((rows * D) / 64)));
+  ctx.release(partial);
 }

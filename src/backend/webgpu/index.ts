@@ -11,11 +11,11 @@ import { attentionProbs as cpuAttentionProbs } from '../cpu/attention.js';
 import { GpuContext, GpuTensor } from './context.js';
 import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
-import { GEMV_MAX_N, combineFits, linearCombineKernel, linearKernel } from './linear.js';
+import { GEMV_MAX_N, gemvBucket, linearKernel } from './linear.js';
 import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
-import { attentionKernel, attentionSplit } from './attention.js';
+import { attentionKernel } from './attention.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
@@ -41,13 +41,6 @@ interface RopeTable {
   len: number;
 }
 
-/**
- * decode: the o projection merges the attention's split partials in its prologue (GRAVITY_DECODE_COMBINE_IN_O=1).
- * Off by default: measured slower on the H200 (Qwen2.5-3B, 512 keys: 227 vs 272 tok/s) — each of the GEMV's 256
- * workgroups re-reads every split's partials, which costs more than the combine dispatch it saves.
- */
-const COMBINE_IN_O = typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_COMBINE_IN_O === '1';
-
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   private ropeTables = new Map<string, RopeTable>();
@@ -59,7 +52,6 @@ export class WebGPUBackend implements Backend {
     qkvRope: (h, w, pos, theta, H, cache, layer, start, T, norm) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T, norm),
     gateUp: (h, g, gb, u, ub, norm) => this.gateUp(h, g, gb, u, ub, norm),
     linearAdd: (x, w, b, res) => this.linearAdd(x, w, b, res),
-    attentionOut: (q, cache, layer, start, T, p, wo, bo, res) => this.attentionOut(q, cache, layer, start, T, p, wo, bo, res),
   };
 
   /** int8 prefill linears (linear-q8.ts; GRAVITY_WEBGPU_Q8): which GEMM, null = off; weights quantized on first use */
@@ -313,7 +305,7 @@ export class WebGPUBackend implements Backend {
     const bias = N <= GEMV_MAX_N && sameDt && D % 8 === 0 && fusedGemvFits(IN, dt)
       ? this.concatBias(wq, [{ b: w.qb, rows: Hq * D }, { b: w.kb, rows: Hkv * D }, { b: w.vb, rows: Hkv * D }])
       : undefined;
-    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+    const NB = gemvBucket(N);
     const nb = bias !== undefined ? this.normBinding(x, norm, NB, bias ? 9 : 8) : null;
     if (norm && !nb) {
       // the norm does not fit the GEMV's prologue (or this is a prefill): its own kernel first
@@ -354,7 +346,7 @@ export class WebGPUBackend implements Backend {
     const dt = asWeightType(wg.dtype, 'linear weight');
     const ok = N <= GEMV_MAX_N && wu.dtype === wg.dtype && wu.shape[0] === I && wg.shape[1] === IN && wu.shape[1] === IN && fusedGemvFits(IN, dt);
     const bias = ok ? this.concatBias(wg, [{ b: gateb, rows: I }, { b: upb, rows: I }]) : undefined;
-    const NB = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
+    const NB = gemvBucket(N);
     const nb = bias !== undefined ? this.normBinding(x, norm, NB, bias ? 6 : 5) : null;
     if (norm && !nb) {
       const hn = this.rmsnorm(x, norm.w, norm.eps);
@@ -439,48 +431,14 @@ export class WebGPUBackend implements Backend {
   }
 
   attention(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams): Tensor {
-    const [c, qt] = this.attentionArgs(q, cache, layer, T, p);
-    const y = this.out([...qt.shape]);
-    attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, y.buf);
-    return y;
-  }
-
-  private attentionArgs(q: Tensor, cache: KVCache, layer: number, T: number, p: AttentionParams): [GpuKVCache, GpuTensor] {
     const c = this.cache(cache);
     const qt = needF32(q, 'attention', 'q');
     if (numel(qt.shape) !== c.batch * T * p.numHeads * p.headDim) {
       throw new GravityError(`attention: q ${shapeStr(qt.shape)}, expected [${c.batch * T}, ${p.numHeads * p.headDim}]`);
     }
     if (layer < 0 || layer >= c.numLayers) throw new GravityError(`attention: layer ${layer} outside [0, ${c.numLayers})`);
-    return [c, qt];
-  }
-
-  /**
-   * res + linear(attention(q), wo, bo). With COMBINE_IN_O, for decode, when the attention splits the key axis, the o
-   * projection's GEMV merges the split partials in its prologue instead of a separate combine dispatch.
-   */
-  private attentionOut(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams, wo: Tensor, bo: Tensor | null, res: Tensor): Tensor {
-    const [c, qt] = this.attentionArgs(q, cache, layer, T, p);
-    const wt = g(wo);
-    const N = qt.shape[0];
-    const IN = p.numHeads * p.headDim;
-    const r = needF32(res, 'attentionOut', 'res');
-    const bt = bo ? g(bo) : null;
-    const fits = T === 1 && COMBINE_IN_O && wt.shape.length === 2 && wt.shape[1] === IN && numel(r.shape) === N * wt.shape[0]
-      && (!bt || numel(bt.shape) === wt.shape[0]) && combineFits(N, IN, asWeightType(wt.dtype, 'linear weight'));
-    const a = this.out([N, IN]);
-    const sp = fits ? attentionSplit(this.ctx, qt.buf, c, layer, start, T, p, a.buf) : null;
-    if (!fits) attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, a.buf);
-    if (!sp) {
-      const y = this.linearAdd(a, wo, bo, res);
-      this.dispose(a);
-      return y;
-    }
-    this.dispose(a);
-    const OUT = wt.shape[0];
-    const y = this.out([N, OUT]);
-    linearCombineKernel(this.ctx, sp, p.headDim, wt.buf, asWeightType(wt.dtype, 'linear weight'), bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, N, IN, OUT, r.buf);
-    this.ctx.release(sp.partial);
+    const y = this.out([...qt.shape]);
+    attentionKernel(this.ctx, qt.buf, c, layer, start, T, p, y.buf);
     return y;
   }
 

@@ -10,8 +10,7 @@
  * GEMM (prefill, N > GEMV_MAX_N): gemm.ts.
  */
 import { Params, type GpuContext } from './context.js';
-import { FLAT_WG, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
-import { combineExpr, type SplitPartials } from './attention.js';
+import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
 import { gemmKernel } from './gemm.js';
 
 export const GEMV_MAX_N = 8;
@@ -20,14 +19,8 @@ const ROWS = 8;
 /** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
 export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 4);
 
-/** the o projection's input made in its prologue: the split-K merge of the decode attention partials */
-export interface CombinePrologue {
-  D: number;
-  sums: boolean;
-}
-
 /** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
-function gemvBucket(N: number): number {
+export function gemvBucket(N: number): number {
   return N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : 8;
 }
 
@@ -40,23 +33,12 @@ const KSPLIT_LONG = Number((typeof process !== 'undefined' && process.env?.GRAVI
 /** rows of at least this many elements (IN) get KSPLIT_LONG warps */
 const LONG_ROW = 8192;
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, comb: CombinePrologue | null = null, KS = 1): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
-  const xDecl = comb
-    ? `@group(0) @binding(1) var<storage, read> part: array<f32>;
-var<workgroup> xs: array<vec4<f32>, ${NORM_STAGE_CAP}>;`
-    : vec
+  const xDecl = vec
     ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
     : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
-  // every workgroup merges the attention partials of all N x IN inputs into workgroup memory first
-  const prologue = comb
-    ? `for (var e = lid; e < p.N * p.IN; e += ${LANES * ROWS}u) {
-      ${combineExpr(comb.D, comb.sums, 'part', 'p.nsplit')}
-      xs[e / 4u][e % 4u] = val;
-    }
-    workgroupBarrier();`
-    : '';
   const KV = dt === 'F32' ? 'K4' : 'K8';
   const range = KS > 1 ? { from: `min(kpart * kchunk, ${KV})`, to: `min((kpart + 1u) * kchunk, ${KV})` } : null;
   const body = vec
@@ -64,14 +46,14 @@ var<workgroup> xs: array<vec4<f32>, ${NORM_STAGE_CAP}>;`
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
     ${KS > 1 ? `let kchunk = ((${KV} + ${KS * 32 - 1}u) / ${KS * 32}u) * 32u;` : ''}
-    ${gemvDotBody('w', dt, N, UNROLL, comb ? 'xs' : 'x', range)}`
+    ${gemvDotBody('w', dt, N, UNROLL, 'x', range)}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
     }`;
   const red = warpSums(N, ROWS, sg);
   const sumParts = KS === 1 ? red.sum('n', 'lid / 32u') : `(${Array.from({ length: KS }, (_, j) => red.sum('n', `lid / 32u + ${j}u`)).join(' + ')})`;
-  return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32, nsplit: u32 }
+  return `${enableSubgroups(sg)}struct P { IN: u32, OUT: u32, N: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${xDecl}
 ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
@@ -85,7 +67,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lane = lid % ${LANES}u;
   let o = wg * ${ROWS / KS}u + lid / ${LANES * KS}u;
   let kpart = (lid / ${LANES}u) % ${KS}u;
-  ${prologue}
   var acc: array<f32, ${N}>;
   if (o < p.OUT) {
     ${body}
@@ -112,32 +93,11 @@ export function linearKernel(
     const NB = gemvBucket(N);
     if (res) binds.push(res);
     const KS = vec && IN >= LONG_ROW ? KSPLIT_LONG : 1;
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, null, KS));
-    ctx.dispatch(pl, new Params().u(IN, OUT, N, 0), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
     return;
   }
   if (res) throw new Error('linearKernel: the residual epilogue is for the GEMV (N <= GEMV_MAX_N)');
   gemmKernel(ctx, x, w, wdt, b, bdt, y, N, IN, OUT);
 }
 
-/** whether linearCombineKernel takes these sizes (the merged input must fit the workgroup staging buffer) */
-export function combineFits(N: number, IN: number, wdt: WDType): boolean {
-  return N <= GEMV_MAX_N && N * IN <= 4 * NORM_STAGE_CAP && IN % vecWidth(wdt) === 0;
-}
-
-/**
- * y = res + merge(partials) · w^T (+ b): decode's o projection taking the attention's split-K partials directly, so
- * the merge costs no dispatch of its own (each workgroup merges the N x IN inputs it reads; see combineFits).
- */
-export function linearCombineKernel(
-  ctx: GpuContext, sp: SplitPartials, D: number, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
-  y: GPUBuffer, N: number, IN: number, OUT: number, res: GPUBuffer | null,
-): void {
-  const NB = gemvBucket(N);
-  const bias = b ? bdt : null;
-  const binds = b ? [sp.partial, w, y, b] : [sp.partial, w, y];
-  if (res) binds.push(res);
-  const comb = { D, sums: sp.sums };
-  const pl = ctx.pipeline(`gemv:${NB}:${wdt}:true:${bias}:sg${ctx.sg}${res ? ':res' : ''}:comb${D}:${sp.sums}`, () => gemvShader(NB, wdt, true, bias, ctx.sg, !!res, comb));
-  ctx.dispatch(pl, new Params().u(IN, OUT, N, sp.nsplit), binds, ctx.grid(Math.ceil(OUT / ROWS)));
-}
