@@ -133,3 +133,18 @@ test('webgpu argmaxDevice: first index of the row maximum; a row with NaN or inf
     await assert.rejects(() => gpu.readIds(t), (e: Error) => e instanceof GravityError && /NaN or infinity/.test(e.message));
   }
 });
+
+test('errors: greedyStream with the wrong number of tokens or a full session; device ids of the wrong type', async () => {
+  const m = await loadModel(path.join(FIXTURES, NAME), { attention: 'gravity', backend: gpu });
+  const s = m.newSession(1, 4);
+  await m.forward(s, [[1, 2, 3]]);
+  await assert.rejects(() => m.greedyStream!(s, [1, 2]).next(), (e: Error) => e instanceof GravityError && /2 tokens given to a session of batch 1/.test(e.message));
+  // one slot left: the first step fits, the second finds the context full
+  const it = m.greedyStream!(s, [4]);
+  assert.equal((await it.next()).done, false);
+  await assert.rejects(() => it.next(), (e: Error) => e instanceof GravityError && /context full: 5 tokens > 4/.test(e.message));
+  m.closeSession(s);
+  const f = gpu.fromF32(Float32Array.of(1, 2), [2]);
+  assert.throws(() => gpu.embeddingDevice(f, gpu.fromF32(new Float32Array(8), [4, 2])), /device ids must be I32 \[N\], got F32 \[2\]/);
+  assert.throws(() => gpu.readIds(f), /readIds: expected an I32 tensor, got F32/);
+});

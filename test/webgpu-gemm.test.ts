@@ -25,6 +25,7 @@ describe('webgpu gemm variants', () => {
     assert.equal(gemmName(parseGemm('128x128x16/8x8/db')), '128x128x16/8x8/db');
     assert.equal(gemmSharedBytes(parseGemm('64x64x32/4x4/db') as never), 32768);
     assert.throws(() => parseGemm('128x128x12/8x8'));
+    assert.throws(() => parseGemm('big'), /gemm config 'big': expected BMxBNxBK\/TMxTN/);
     assert.throws(() => parseGemm('256x256x32/4x4')); // 4096 threads
     assert.equal(gemmSharedBytes(parseGemm('128x128x32/8x8') as never), 32768);
     assert.equal(gemmName(gemmChoose(null, 8192, 2048, 11008, 'BF16')), '128x128x32/8x8');

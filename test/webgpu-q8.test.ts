@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
 import { fromF32, toF32, type DType } from '../src/tensor/dtype.js';
-import { parseSmConfig, quantizeWeight, freeWeight, smShader, SM_DEFAULT } from '../src/backend/webgpu/linear-q8.js';
+import { parseSmConfig, q8Wanted, quantizeWeight, freeWeight, smShader, SM_DEFAULT } from '../src/backend/webgpu/linear-q8.js';
 import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
@@ -161,6 +161,10 @@ describe('webgpu int8 linears (DP4A GEMM)', () => {
     assert.deepEqual(parseSmConfig('64x128:2x2:128:direct:u4'), { BM: 64, BN: 128, SGM: 2, SGN: 2, BK: 128, stage: false, unit: 4 });
     assert.throws(() => parseSmConfig('128x128:3x4:64'), /tile/);
     assert.throws(() => parseSmConfig('256x128:2x4:64'), /tile/);
+    assert.throws(() => parseSmConfig('128x128'), /Q8 subgroup-matrix config '128x128': expected BMxBN:SGMxSGN:BK/);
+    assert.equal(q8Wanted('auto'), 'auto');
+    assert.equal(q8Wanted(false), null);
+    assert.throws(() => q8Wanted('fast' as never), /GRAVITY_WEBGPU_Q8='fast': expected 0, 1, auto, sm or dp4a/);
     const code = smShader(SM_DEFAULT, 'BF16');
     assert.match(code, /enable chromium_experimental_subgroup_matrix;/);
     assert.equal(code.match(/subgroupMatrixMultiplyAccumulate/g)?.length, 16); // 4 x 4 accumulators per subgroup
