@@ -24,12 +24,15 @@ const { values } = parseArgs({
     decode: { type: 'string', default: '64' },
     skip: { type: 'string', default: '' },
     profile: { type: 'boolean', default: false },
+    'profile-passes': { type: 'boolean', default: false },
     gemv: { type: 'boolean', default: false },
   },
 });
 const torch = values.torch && fs.existsSync(values.torch) ? JSON.parse(fs.readFileSync(values.torch, 'utf8')) : null;
 const skip = new Set(values.skip!.split(','));
-const be = (await createWebGPUBackend({ profile: values.profile || values.gemv })) as WebGPUBackend;
+// --profile-passes: timestamps around each compute pass, so the decode prints the GPU's busy time per token next to
+// the wall time per token (if they are close the GPU is the limit, else the host's recording)
+const be = (await createWebGPUBackend({ profile: values['profile-passes'] ? 'pass' : values.profile || values.gemv })) as WebGPUBackend;
 /** per-kernel GPU time of what ran since the last call (only with --profile: timestamps slow every dispatch) */
 async function profile(what: string): Promise<void> {
   const rep = await be.profileReport();
@@ -239,9 +242,15 @@ if (values.dir) {
     // what generate() does for greedy: the model's greedyStream, the next token recorded while the last is read back
     const it = model.greedyStream!(s, [tok]);
     for (let i = 0; i < 3; i++) await it.next();
+    if (values['profile-passes']) await be.profileReport();
     t = performance.now();
     for (let i = 0; i < nDec; i++) await it.next();
-    best[kind] = Math.max(best[kind] ?? 0, nDec / ((performance.now() - t) / 1000));
+    const wallMs = (performance.now() - t) / nDec;
+    best[kind] = Math.max(best[kind] ?? 0, 1000 / wallMs);
+    if (values['profile-passes']) {
+      const busy = ((await be.profileReport()) ?? []).reduce((a, k) => a + k.ms, 0) / nDec;
+      log(`${kind}: greedyStream ${wallMs.toFixed(3)} ms/token wall, GPU busy ${busy.toFixed(3)} ms/token (pass timestamps)`);
+    }
     await it.return();
     model.closeSession(s);
     await profile(`prefill 512 + decode ${nDec} (${kind})`);

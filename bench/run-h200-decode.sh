@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Decode settings side by side on the GPU machine, one process per setting (see bench/run-h200.sh for the whole
 # benchmark; bench/RESULTS.md has the settings tried in earlier calls):
-#   source .device/setup.sh >/dev/null && bash bench/run-h200-decode.sh   (needs /tmp/q3b from bench_torch.py)
+#   source .device/setup.sh >/dev/null && bash bench/run-h200-decode.sh
+# Writes the random 3B checkpoint if /tmp/q3b is missing, checks the kernels against the PyTorch fixtures, then
+# times greedy decode after 512 tokens per setting; the first setting also prints the GPU's busy time per token
+# (compute-pass timestamps) next to the wall time, which says whether the GPU or the host's recording is the limit.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+[ -f /tmp/q3b/config.json ] || timeout 120 python3 reference/bench_torch.py --dir /tmp/q3b --json /tmp/q3b.json --make-only > "$OUT/make.txt" 2>&1
+timeout 60 node dist/bench/gpu-check.js > "$OUT/check.txt" 2>&1
+tail -3 "$OUT/check.txt"
 # one file per setting would overrun the 8 files the device returns: everything goes to decode-settings.txt
-dec() { local name=$1; shift; echo "== $name"; env "$@" timeout 40 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 64 2>&1 | grep -E 'step loop|^decode after'; }
+# dec NAME [VAR=value ...] [-- gpu.js options]
+dec() {
+  local name=$1; shift; local vars=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; [ $# -gt 0 ] && shift
+  echo "== $name"; env "${vars[@]}" timeout 45 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 64 "$@" 2>&1 | grep -E 'step loop|^decode after|GPU busy'
+}
 {
+dec default-passes-profiled X=1 -- --profile-passes
 dec default X=1
-dec attn-old GRAVITY_DECODE_ATTN=old
+dec norm-stage GRAVITY_NORM=stage
+dec attn-old GRAVITY_DECODE_KV=split GRAVITY_DECODE_KEYS_PER_SPLIT=64 GRAVITY_DECODE_WORKGROUPS=256
 dec unroll8 GRAVITY_GEMV_UNROLL=8
-dec flush4096 GRAVITY_WEBGPU_FLUSH_EVERY=4096
+dec default-again X=1
 } > "$OUT/decode-settings.txt"
-grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)' "$OUT/decode-settings.txt"
+grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
+timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b > "$OUT/gemv.txt" 2>&1
+tail -14 "$OUT/gemv.txt"
 exit 0

@@ -10,7 +10,8 @@
  *
  * Decode (T = 1) has only G rows per (batch, kv head), too little work for a GPU, so the key axis is split
  * (flash-decoding): each split writes (o, m, l) for its key range and a combine pass merges them with
- * weights exp(m_s - max m). Prefill runs with one split and writes the output directly.
+ * weights exp(m_s - max m). Prefill runs with one split and writes the output directly. Decode loads each tile's K and
+ * V in one phase (KV1: a split of one tile waits on global memory once), at 32 keys per split.
  *
  * gravity: s = M_h² / (|q - k|² + eps) (the distance summed directly, see flashShader); dot: s = scale * q·k.
  * gravity-pure: no softmax, weights s / sum(s) (m stays 0, so the split combine needs no change).
@@ -33,6 +34,8 @@ interface Cfg {
   TQ: number;
   TPR: number;
   BK: number;
+  /** K and V tiles loaded in one phase (decode): one global-memory wait per tile instead of two */
+  KV1: boolean;
 }
 
 /** the largest power of two <= cap that divides D */
@@ -46,7 +49,7 @@ function pow2Divisor(D: number, cap: number): number {
 function sharedBytes(c: Cfg): number {
   const R = c.G * c.TQ;
   const DP4 = c.D / 4 + 1;
-  return 16 * (R * DP4 + c.BK * DP4) + 4 * (R * (c.BK + c.TPR) + c.BK);
+  return 16 * (R * DP4 + (c.KV1 ? 2 : 1) * c.BK * DP4) + 4 * (R * (c.BK + c.TPR) + c.BK);
 }
 
 /** threads per query row in prefill (GRAVITY_ATTN_TPR to experiment): 8 beat 4 on the H200 (16k: 130 vs 172 ms), more warps per SM */
@@ -60,7 +63,7 @@ function chooseCfg(ctx: GpuContext, D: number, G: number, decode: boolean): Cfg 
   for (let TQ = decode ? 1 : Math.max(1, Math.floor(32 / G)); TQ >= 1; TQ = Math.floor(TQ / 2)) {
     while (G * TQ * TPR > 256) TQ--;
     for (const BK of [32, 16, 8, 4]) {
-      const c = { D, G, TQ, TPR, BK };
+      const c = { D, G, TQ, TPR, BK, KV1: decode && DECODE_KV1 };
       if (sharedBytes(c) <= ctx.maxWorkgroupMem) return c;
     }
     if (TQ === 1) break;
@@ -137,6 +140,7 @@ const DPT4 = ${c.D / 4 / c.TPR}u;  // vec4 output columns per thread
 const MASKED = -3.0e38;
 var<workgroup> Qs: array<vec4<f32>, ${R * (c.D / 4 + 1)}>;
 var<workgroup> KVs: array<vec4<f32>, ${c.BK * (c.D / 4 + 1)}>;
+${c.KV1 ? `var<workgroup> Vs: array<vec4<f32>, ${c.BK * (c.D / 4 + 1)}>;` : ''}
 var<workgroup> Ss: array<f32, ${R * (c.BK + c.TPR)}>;
 var<workgroup> oks: array<u32, BK>;
 @compute @workgroup_size(${NT})
@@ -170,7 +174,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var e = lid; e < BK * D4; e += NT) {
       let slot = kb + e / D4;
       var v = vec4<f32>();
-      if (slot < k1) { v = kv[(bh * p.maxLen + slot) * D4 + e % D4]; }
+      ${c.KV1 ? `var w = vec4<f32>();
+      if (slot < k1) { v = kv[(bh * p.maxLen + slot) * D4 + e % D4]; w = kv[p.vOff4 + (bh * p.maxLen + slot) * D4 + e % D4]; }
+      Vs[(e / D4) * DP4 + e % D4] = w;` : `if (slot < k1) { v = kv[(bh * p.maxLen + slot) * D4 + e % D4]; }`}
       KVs[(e / D4) * DP4 + e % D4] = v;
     }
     for (var j = lid; j < BK; j += NT) {
@@ -203,23 +209,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     m = mt;
     l *= alpha;
     for (var i = 0u; i < DPT4; i++) { o[i] *= alpha; }`}
-    for (var e = lid; e < BK * D4; e += NT) {
+    ${c.KV1 ? '' : `for (var e = lid; e < BK * D4; e += NT) {
       let slot = kb + e / D4;
       var v = vec4<f32>();
       if (slot < k1) { v = kv[p.vOff4 + (bh * p.maxLen + slot) * D4 + e % D4]; }
       KVs[(e / D4) * DP4 + e % D4] = v;
     }
-    workgroupBarrier();
+    workgroupBarrier();`}
     ${fixed ? `for (var j = 0u; j < BK; j++) {
       let pj = Ss[r * SST + j];   // 0 for masked keys
       l += pj;
-      for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), KVs[j * DP4 + part + TPR * i], o[i]); }
+      for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), ${c.KV1 ? 'Vs' : 'KVs'}[j * DP4 + part + TPR * i], o[i]); }
     }` : `for (var j = 0u; j < BK; j++) {
       let s = Ss[r * SST + j];
       if (s > -1.0e38) {
         let pj = ${pure ? 's' : 'exp(s - m)'};
         l += pj;
-        for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), KVs[j * DP4 + part + TPR * i], o[i]); }
+        for (var i = 0u; i < DPT4; i++) { o[i] = fma(vec4<f32>(pj), ${c.KV1 ? 'Vs' : 'KVs'}[j * DP4 + part + TPR * i], o[i]); }
       }
     }`}
     workgroupBarrier();
@@ -266,13 +272,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`;
 }
 
-/** Target number of workgroups for decode: enough to fill a big GPU's SMs twice over. */
-const DECODE_WORKGROUPS = 256;
+/**
+ * Target number of workgroups for decode (GRAVITY_DECODE_WORKGROUPS to experiment): about one per SM of a big GPU; more
+ * splits make the combine pass read more partials.
+ */
+const DECODE_WORKGROUPS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_WORKGROUPS) || 128);
+/** decode loads each K and V tile in one phase (GRAVITY_DECODE_KV=split: K, then V, as prefill's fallback kernel) */
+const DECODE_KV1 = (typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KV) !== 'split';
 /**
  * Decode splits the key axis only past this many keys per split (GRAVITY_DECODE_KEYS_PER_SPLIT to experiment): a
  * split costs a second dispatch (the combine), and decode is bound by the host's cost per dispatch.
  */
-const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 64);
+const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 32);
 
 export function attentionKernel(
   ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
@@ -312,7 +323,7 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}`;
+  const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}:${cfg.KV1}`;
   const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed));
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {

@@ -141,8 +141,12 @@ export class GpuContext {
    * @param sg lanes the GEMV reductions may combine with subgroup shuffles (the `subgroups` feature is enabled and
    *   every subgroup has at least this many invocations); 0 = workgroup-memory reductions only
    */
-  constructor(readonly device: GPUDevice, profile = false, readonly sg = 0) {
+  /** 'pass': timestamps around each compute pass (a pass holds up to FLUSH_EVERY dispatches) instead of each dispatch */
+  private profilePasses = false;
+
+  constructor(readonly device: GPUDevice, profile: boolean | 'pass' = false, readonly sg = 0) {
     if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);
+    this.profilePasses = profile === 'pass';
     const l = device.limits;
     this.maxBinding = l.maxStorageBufferBindingSize;
     this.maxBuffer = l.maxBufferSize;
@@ -331,7 +335,7 @@ export class GpuContext {
       if (this.bindGroups.size >= MAX_BIND_GROUPS) this.bindGroups.clear();
       this.bindGroups.set(key, bg);
     }
-    const tw = this.profiler?.next(k.key) ?? null;
+    const tw = this.profilePasses ? null : (this.profiler?.next(k.key) ?? null);
     let pass: GPUComputePassEncoder;
     if (tw) {
       // a pass of its own, so that its begin/end timestamps bracket exactly this dispatch
@@ -353,7 +357,10 @@ export class GpuContext {
 
   private openPass(): GPUComputePassEncoder {
     if (!this.encoder) this.encoder = this.device.createCommandEncoder();
-    if (!this.pass) this.pass = this.encoder.beginComputePass();
+    if (!this.pass) {
+      const tw = this.profilePasses ? this.profiler!.next('compute pass (whole)') : null;
+      this.pass = this.encoder.beginComputePass(tw ? { timestampWrites: tw } : undefined);
+    }
     return this.pass;
   }
 

@@ -3,19 +3,21 @@
  * (Dawn's node binding plus our JS, ~15 µs on the H200's host) and the GPU drains between dependent ones, so a
  * token's ~620 unfused dispatches took ~18 ms for ~6 ms of GPU work. These kernels cut a layer from 17 dispatches
  * to 6 (q/k/v, attention and its split-K merge, o, gate/up, down; 221 per token for Qwen2.5-3B):
- *  - the RMSNorm before q/k/v and before gate/up: each GEMV workgroup computes the row norms of the residual
- *    stream and stages rmsnorm(x) * g in workgroup memory (normPrologue), so no separate norm kernel runs.
+ *  - the RMSNorm before q/k/v and before gate/up, inside those GEMVs: W·(rmsnorm(x)·g) = (W·(x·g)) / rms(x), so each
+ *    warp's dot loop reads x·g and also sums x² of the same elements, and the result is scaled after the reduction
+ *    (NORM_MODE 'inline': the weight loads start at once; 'stage', the earlier way kept to compare, puts
+ *    rmsnorm(x)·g in workgroup memory first, two barriers and an L2 round trip before the first weight load).
  *  - the residual adds after o and down: in the GEMV's epilogue (linear.ts, `res`).
  *  - qkv GEMV (N <= GEMV_MAX_N): the q, k and v projections (+ bias) in ONE dispatch; each q/k workgroup owns
  *    4 RoPE pairs (i, i + D/2) of one head, so the rotation is done in the epilogue, and k, v are written
  *    straight into the cache slots. Replaces 3 GEMVs, 2 ropes and writeKV.
  *  - gate/up GEMV with the SwiGLU epilogue: each workgroup owns 4 gate rows and the 4 matching up rows.
  *  - prefill (N > GEMV_MAX_N): the GEMMs stay, then one kernel does RoPE on q and k and the KV write.
- * Results equal the unfused ops' (same f32 operations in the same order per output; the norm prologue's sum of
- * squares adds in another order, ~1e-7 relative).
+ * Results equal the unfused ops' up to f32 rounding (the norm's sum of squares adds in another order and 1/rms
+ * multiplies after the dot instead of before, ~1e-7 relative).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
-import { FLAT_WG, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, normPrologue, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, NORM_MODE, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, normPrologue, normVecLoad, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
 import { UNROLL } from './linear.js';
 
 const LANES = 32;
@@ -35,9 +37,13 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
 function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number, norm: WDType | null): string {
   const half = D / 2;
   const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
-  const red = warpSums(NB, WARPS, sg);
-  const np = norm ? normPrologue(NB, sg) : null;
-  const xs = norm ? 'xs' : 'x';
+  const inl = !!norm && NORM_MODE === 'inline';
+  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
+  const np = norm && !inl ? normPrologue(NB, sg) : null;
+  const xs = np ? 'xs' : 'x';
+  // inline norm: warp w's 1/rms of row n (acc[NB + n] summed x² of the same row; every warp read all of x)
+  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
+  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, xs, null, inl);
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -46,7 +52,7 @@ ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
 @group(0) @binding(6) var<storage, read_write> q: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kv: array<f32>;
 ${bias ? scalarLoad('bias', 8, bias) : ''}
-${norm ? scalarLoad('g', bias ? 9 : 8, norm) : ''}
+${norm ? (inl ? normVecLoad('g', bias ? 9 : 8, norm) : scalarLoad('g', bias ? 9 : 8, norm)) : ''}
 ${np ? np.decl : ''}
 const D = ${D}u;
 const HALF = ${half}u;
@@ -67,8 +73,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
-  var acc: array<f32, ${NB}>;
-  if (seg == 0u) ${gemvDotBody('wq', dt, NB, UNROLL, xs)} else if (seg == 1u) ${gemvDotBody('wk', dt, NB, UNROLL, xs)} else ${gemvDotBody('wv', dt, NB, UNROLL, xs)}
+  var acc: array<f32, ${inl ? 2 * NB : NB}>;
+  if (seg == 0u) ${dot('wq')} else if (seg == 1u) ${dot('wk')} else ${dot('wv')}
   ${red.code}
   if (lane != 0u) { return; }
   let bo = select(select(0u, p.Rq, seg == 1u), p.Rq + p.Rk, seg == 2u);   // bias offset of the segment
@@ -76,13 +82,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (n >= p.N) { break; }
     let bb = n / p.T;
     let t = n - bb * p.T;
-    let val = ${red.sum('n', 'r')}${b('bo + row')};
+    let val = ${red.sum('n', 'r')}${rs('n', 'r')}${b('bo + row')};
     let hd = row / D;
     let slot = (bb * p.Hkv + hd) * p.maxLen + p.start + t;
     if (seg == 2u) {
       kv[p.vOff + slot * D + row % D] = val;
     } else if (r < 4u) {
-      let x2 = ${red.sum('n', 'r + 4u')}${b('bo + row + HALF')};
+      let x2 = ${red.sum('n', 'r + 4u')}${rs('n', 'r + 4u')}${b('bo + row + HALF')};
       let i = row % D;
       let c = cs[n * HALF + i];
       let y1 = val * c.x - x2 * c.y;
@@ -111,9 +117,10 @@ export interface QKVArgs {
   norm?: { g: GPUBuffer; dt: WDType; eps: number };
 }
 
-/** whether a GEMV can stage rmsnorm(x) for N rows of IN in workgroup memory (and bind one more buffer) */
+/** whether a GEMV can take rmsnorm(x) of N rows of IN (staged: in workgroup memory) and bind one more buffer */
 export function normFits(ctx: GpuContext, NB: number, IN: number, buffers: number): boolean {
-  return NB * IN <= 4 * NORM_STAGE_CAP && IN % 4 === 0 && ctx.maxWorkgroupMem >= 16 * NORM_STAGE_CAP + 8192 && buffers <= ctx.maxStorageBuffers;
+  if (IN % 4 !== 0 || buffers > ctx.maxStorageBuffers) return false;
+  return NORM_MODE === 'inline' || (NB * IN <= 4 * NORM_STAGE_CAP && ctx.maxWorkgroupMem >= 16 * NORM_STAGE_CAP + 8192);
 }
 
 export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
@@ -131,16 +138,19 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
 
 /** gate/up GEMV + SwiGLU: workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
 function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
-  const red = warpSums(NB, WARPS, sg);
-  const np = norm ? normPrologue(NB, sg) : null;
-  const xs = norm ? 'xs' : 'x';
+  const inl = !!norm && NORM_MODE === 'inline';
+  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
+  const np = norm && !inl ? normPrologue(NB, sg) : null;
+  const xs = np ? 'xs' : 'x';
+  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
+  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, xs, null, inl);
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 5, bias) : ''}
-${norm ? scalarLoad('g', bias ? 6 : 5, norm) : ''}
+${norm ? (inl ? normVecLoad('g', bias ? 6 : 5, norm) : scalarLoad('g', bias ? 6 : 5, norm)) : ''}
 ${np ? np.decl : ''}
 ${red.decl}
 @compute @workgroup_size(${WG})
@@ -152,16 +162,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
-  var acc: array<f32, ${NB}>;
+  var acc: array<f32, ${inl ? 2 * NB : NB}>;
   if (row < p.I) {
-    if (r < 4u) ${gemvDotBody('wgate', dt, NB, UNROLL, xs)} else ${gemvDotBody('wup', dt, NB, UNROLL, xs)}
+    if (r < 4u) ${dot('wgate')} else ${dot('wup')}
   }
   ${red.code}
   if (lane != 0u || r >= 4u || row >= p.I) { return; }
   for (var n = 0u; n < ${NB}u; n++) {
     if (n >= p.N) { break; }
-    let g = ${red.sum('n', 'r')}${bias ? ' + ld_bias(row)' : ''};
-    let u = ${red.sum('n', 'r + 4u')}${bias ? ' + ld_bias(p.I + row)' : ''};
+    let g = ${red.sum('n', 'r')}${rs('n', 'r')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum('n', 'r + 4u')}${rs('n', 'r + 4u')}${bias ? ' + ld_bias(p.I + row)' : ''};
     y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
   }
 }`;

@@ -484,9 +484,10 @@ export interface WebGPUBackendOptions {
   powerPreference?: GPUPowerPreference;
   /**
    * Time every kernel with timestamp queries (also GRAVITY_WEBGPU_PROFILE=1); read with profileReport().
-   * Each dispatch then gets its own pass, which costs a little time of its own.
+   * Each dispatch then gets its own pass, which costs a little time of its own. 'pass' (GRAVITY_WEBGPU_PROFILE=pass):
+   * timestamps around each compute pass only, i.e. the GPU's busy time with the dispatches as they normally run.
    */
-  profile?: boolean;
+  profile?: boolean | 'pass';
   /** GEMV reductions with subgroup shuffles when the adapter has `subgroups` (default; GRAVITY_WEBGPU_SUBGROUPS=0 turns it off) */
   subgroups?: boolean;
   /** int8 prefill linears (also GRAVITY_WEBGPU_Q8=1|sm|dp4a): tensor cores where the device has subgroup matrices, else DP4A */
@@ -494,11 +495,11 @@ export interface WebGPUBackendOptions {
 }
 
 export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Promise<WebGPUBackend> {
-  const envProfile = typeof process !== 'undefined' && process.env?.GRAVITY_WEBGPU_PROFILE === '1';
-  const profile = opts.profile ?? envProfile;
+  const env = typeof process !== 'undefined' ? process.env?.GRAVITY_WEBGPU_PROFILE : undefined;
+  const profile = opts.profile ?? (env === 'pass' ? 'pass' : env === '1');
   const q8 = q8Wanted(opts.q8);
-  const { device, adapterName, features, timestamps, subgroupLanes, subgroupMatrix } = await createDevice({ timestamps: profile, powerPreference: opts.powerPreference, subgroups: opts.subgroups, subgroupMatrix: q8 === 'auto' || q8 === 'sm' });
-  const be = new WebGPUBackend(new GpuContext(device, timestamps, subgroupLanes), adapterName, features);
+  const { device, adapterName, features, timestamps, subgroupLanes, subgroupMatrix } = await createDevice({ timestamps: !!profile, powerPreference: opts.powerPreference, subgroups: opts.subgroups, subgroupMatrix: q8 === 'auto' || q8 === 'sm' });
+  const be = new WebGPUBackend(new GpuContext(device, timestamps ? profile : false, subgroupLanes), adapterName, features);
   if (q8 === 'sm' && !subgroupMatrix) throw new GravityError('WebGPU: Q8 tensor-core GEMM asked for, but the device has no i8 subgroup matrices (GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis?)');
   be.q8 = q8 === 'auto' ? (subgroupMatrix ? 'sm' : 'dp4a') : q8;
   return be;

@@ -108,14 +108,24 @@ export function warpSums(NB: number, warps: number, sg: number): { decl: string;
  * warp: a row of 2048 bf16 is one step of 8 x 32 loads); the last partial step is one guarded unrolled step, not a
  * serial loop of single loads.
  */
-export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x = 'x', range: { from: string; to: string } | null = null): string {
+export function gemvDotBody(
+  w: string, dt: WDType, NB: number, unroll: number, x = 'x', range: { from: string; to: string } | null = null, norm = false,
+): string {
   const guard = NB === 1 ? '' : 'if (n < p.N) ';
   const f32 = dt === 'F32';
   const KV = f32 ? 'K4' : 'K8';
+  // norm: x is the residual stream; the dot takes x * g (gv4, see normVecLoad) and acc[NB + n] collects sum(x²) of
+  // the same elements, so the caller scales by 1/rms after the reduction (no staging, no barrier before the loads)
   const accum = (u: number) =>
     f32
-      ? `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, ${x}[n * K4 + k${u}]); } }`
-      : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
+      ? norm
+        ? `{ let gw = gv4(k${u}); for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xv = ${x}[n * K4 + k${u}]; acc[n] += dot(w${u}, xv * gw); acc[${NB}u + n] += dot(xv, xv); } } }`
+        : `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, ${x}[n * K4 + k${u}]); } }`
+      : norm
+        ? `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u}); let ga = gv4(2u * k${u}); let gb = gv4(2u * k${u} + 1u);
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xa = ${x}[n * K4 + 2u * k${u}]; let xb = ${x}[n * K4 + 2u * k${u} + 1u];
+          acc[n] += dot(a, xa * ga) + dot(b, xb * gb); acc[${NB}u + n] += dot(xa, xa) + dot(xb, xb); } } }`
+        : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
         for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, ${x}[n * K4 + 2u * k${u}]) + dot(b, ${x}[n * K4 + 2u * k${u} + 1u]); } } }`;
   const U = Array.from({ length: unroll }, (_, u) => u);
   const zero = f32 ? 'vec4<f32>()' : 'vec4<u32>()';
@@ -135,6 +145,22 @@ export function gemvDotBody(w: string, dt: WDType, NB: number, unroll: number, x
     }
   }`;
 }
+
+/** `var<storage, read> NAME` (a norm weight) plus `fn gv4(i: u32) -> vec4<f32>`: its elements 4i .. 4i + 3 */
+export function normVecLoad(name: string, binding: number, dt: WDType): string {
+  if (dt === 'F32') return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec4<f32>>;
+fn gv4(i: u32) -> vec4<f32> { return ${name}[i]; }\n`;
+  const pair = dt === 'F16' ? (w: string) => `unpack2x16float(${w})` : (w: string) => `vec2<f32>(bitcast<f32>(${w} << 16u), bitcast<f32>(${w} & 0xffff0000u))`;
+  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec2<u32>>;
+fn gv4(i: u32) -> vec4<f32> { let p = ${name}[i]; return vec4<f32>(${pair('p.x')}, ${pair('p.y')}); }\n`;
+}
+
+/**
+ * How the decode GEMVs apply an RMSNorm to their input (GRAVITY_NORM=stage to experiment): 'inline' (default) scales
+ * x by g in the dot loop and the result by 1/rms(x) after it; 'stage' computes rmsnorm(x) * g into workgroup memory
+ * first (normPrologue: two barriers and an L2 round trip before the first weight load).
+ */
+export const NORM_MODE: 'inline' | 'stage' = (typeof process !== 'undefined' && process.env?.GRAVITY_NORM) === 'stage' ? 'stage' : 'inline';
 
 /** vec4 (x * r) * g of the 4 elements from 4 * i: the rmsnorm formula of rmsnormKernel, on a vec4 of x */
 export const NORM_STAGE_CAP = 1024; // vec4 = 16 KiB of workgroup memory: N * IN <= 4096
