@@ -3,8 +3,8 @@
  *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
  * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
  *   node dist/bench/gpu.js --gemv [--dir /tmp/q3b]
- * times each decode GEMV shape alone (GPU timestamps: GB/s of weight bytes) and the decode attention (gravity with
- * the fixed max, gravity with the running max, dot), then exits. Shapes from --dir's config.json, else Qwen2.5-3B.
+ * times each decode GEMV shape (GPU time per call over 50 dependent calls in the stream: GB/s of weight bytes) and the
+ * decode attention (gravity with the fixed max, gravity with the running max, dot), then exits. Shapes from --dir's config.json, else Qwen2.5-3B.
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -32,7 +32,9 @@ const torch = values.torch && fs.existsSync(values.torch) ? JSON.parse(fs.readFi
 const skip = new Set(values.skip!.split(','));
 // --profile-passes: timestamps around each compute pass, so the decode prints the GPU's busy time per token next to
 // the wall time per token (if they are close the GPU is the limit, else the host's recording)
-const be = (await createWebGPUBackend({ profile: values['profile-passes'] ? 'pass' : values.profile || values.gemv })) as WebGPUBackend;
+// --gemv: the same pass timestamps around 50 back-to-back calls of one kernel, so each figure is its cost inside the
+// command stream (dependent dispatches, as decode runs them), not alone in a pass of its own
+const be = (await createWebGPUBackend({ profile: values['profile-passes'] || values.gemv ? 'pass' : values.profile })) as WebGPUBackend;
 /** per-kernel GPU time of what ran since the last call (only with --profile: timestamps slow every dispatch) */
 async function profile(what: string): Promise<void> {
   const rep = await be.profileReport();
@@ -91,7 +93,7 @@ if (values.gemv) {
   process.exit(0);
 }
 
-/** the decode's weight-read kernels one shape at a time, bf16 weights, N = 1; GPU time from timestamp queries */
+/** the decode's weight-read kernels one shape at a time, bf16 weights, N = 1; GPU time per call from pass timestamps */
 async function gemvBench(): Promise<void> {
   const cfgPath = values.dir ? `${values.dir}/config.json` : '';
   const hf = cfgPath && fs.existsSync(cfgPath) ? JSON.parse(fs.readFileSync(cfgPath, 'utf8')) : {};
@@ -134,9 +136,13 @@ async function gemvBench(): Promise<void> {
   const pos = Int32Array.of(512);
   const drop = (t: any) => be.dispose(t);
   await timeIt(`q/k/v+rope [${(Hq + 2 * Hkv) * D}x${C}]`, (Hq + 2 * Hkv) * D * C * 2, () => drop(be.fused!.qkvRope(x, { q: wq, k: wk, v: wv, qb: null, kb: null, vb: null }, pos, 1e6, Hq, cache, 0, 512, 1)));
+  const nw = W(1, C, 9);
+  await timeIt(`q/k/v+rope with rmsnorm [${(Hq + 2 * Hkv) * D}x${C}]`, (Hq + 2 * Hkv) * D * C * 2, () => drop(be.fused!.qkvRope(x, { q: wq, k: wk, v: wv, qb: null, kb: null, vb: null }, pos, 1e6, Hq, cache, 0, 512, 1, { w: nw, eps: 1e-6 })));
   const a = act(Hq * D);
   await timeIt(`o [${C}x${Hq * D}]`, C * Hq * D * 2, () => drop(be.linear(a, wo, null)));
   await timeIt(`gate/up+swiglu [2x${I}x${C}]`, 2 * I * C * 2, () => drop(be.fused!.gateUp(x, wg, null, wu, null)));
+  await timeIt(`gate/up+swiglu with rmsnorm [2x${I}x${C}]`, 2 * I * C * 2, () => drop(be.fused!.gateUp(x, wg, null, wu, null, { w: nw, eps: 1e-6 })));
+  await timeIt(`o + residual [${C}x${Hq * D}]`, C * Hq * D * 2, () => drop(be.fused!.linearAdd(a, wo, null, x)));
   const m = act(I);
   await timeIt(`down [${C}x${I}]`, C * I * 2, () => drop(be.linear(m, wd, null)));
   await timeIt(`lm_head [${V}x${C}]`, V * C * 2, () => drop(be.linear(x, wl, null)));

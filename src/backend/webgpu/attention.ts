@@ -85,7 +85,10 @@ export function gravityFixedMax(p: AttentionParams): boolean {
   return p.eps > 0 && mx / p.eps <= FIXED_MAX_LIMIT;
 }
 
-function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false): string {
+/** a partial word not yet written (a NaN payload no arithmetic makes): see mergeCode */
+export const MERGE_EMPTY = 0x7fc00001;
+
+function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false, merge = false): string {
   const gravity = kind !== 'dot';
   const pure = kind === 'gravity-pure';
   const running = !pure && !fixed; // a running max with per-tile rescaling
@@ -102,7 +105,15 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false)
   // fixed max: the row's weight exp(s - m) is final when the score is made, so it is computed once by the scoring
   // thread and stored (masked = 0), instead of once per output thread of the row in the P·V loop
   const score = fixed ? `s = exp(mass[h] / (dts[c] + p.eps) - m);` : gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
-  const store = split
+  const store = merge
+    ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
+    for (var i = 0u; i < DPT4; i++) {
+      let d = base + (part + TPR * i) * 4u;
+      atomicStore(&pw[d], bitcast<u32>(o[i].x)); atomicStore(&pw[d + 1u], bitcast<u32>(o[i].y));
+      atomicStore(&pw[d + 2u], bitcast<u32>(o[i].z)); atomicStore(&pw[d + 3u], bitcast<u32>(o[i].w));
+    }
+    if (part == 0u) { atomicStore(&pw[base + D], bitcast<u32>(m)); atomicStore(&pw[base + D + 1u], bitcast<u32>(l)); }`
+    : split
     ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
     for (var i = 0u; i < DPT4; i++) {
       let d = (part + TPR * i) * 4u;
@@ -122,7 +133,10 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false)
 @group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
 @group(0) @binding(3) var<storage, read> valid: array<u32>;
 @group(0) @binding(4) var<storage, read> mass: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+${merge ? `@group(0) @binding(5) var<storage, read_write> pw: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
+${mergeDecls}` : '@group(0) @binding(5) var<storage, read_write> out: array<f32>;'}
 const D = ${c.D}u;
 const D4 = ${c.D / 4}u;
 const DP4 = ${c.D / 4 + 1}u;   // row stride of Qs and KVs in vec4: one vec4 of padding
@@ -233,7 +247,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (t < p.T) {
     ${store}
   }
+  ${merge ? mergeCode(!running) : ''}
 }`;
+}
+
+/**
+ * Split-K decode without a combine dispatch: the workgroup that finishes last for its (batch, kv head) merges every
+ * split's partial (counted with an atomic in `cnt`). WGSL has no device-scope fence, so the partials' visibility to
+ * that workgroup is not ordered by the counter: each partial word is written with an atomic store and the merger
+ * spins on it until it no longer holds MERGE_EMPTY (per-location coherence is all this needs), then puts MERGE_EMPTY
+ * back, so the buffer is ready for the next call. The spin is bounded: a word that never arrives gives NaN, which
+ * the model reports, never a hang.
+ */
+const mergeDecls = `const EMPTY = ${MERGE_EMPTY}u;
+var<workgroup> lastFlag: u32;
+fn spin(i: u32) -> f32 {
+  var v = atomicLoad(&pw[i]);
+  for (var it = 0u; it < 4000000u && v == EMPTY; it++) { v = atomicLoad(&pw[i]); }
+  return bitcast<f32>(select(v, 0x7fc00000u, v == EMPTY));
+}`;
+
+function mergeCode(sums: boolean): string {
+  return `workgroupBarrier();
+  if (lid == 0u) { lastFlag = select(0u, 1u, atomicAdd(&cnt[bh], 1u) == p.nsplit - 1u); }
+  if (workgroupUniformLoad(&lastFlag) == 0u) { return; }
+  if (lid == 0u) { atomicStore(&cnt[bh], 0u); }
+  let rb = ((b * p.T + t) * p.Hq + h) * p.nsplit * (D + 2u);   // row r's partials (T = 1: t = 0)
+  ${sums ? '' : `var mx = -1.0e30;
+  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, spin(rb + s * (D + 2u) + D)); }`}
+  var L = 0.0;
+  var O: array<vec4<f32>, DPT4>;
+  for (var s = 0u; s < p.nsplit; s++) {
+    let ob = rb + s * (D + 2u);
+    let w = ${sums ? '1.0' : 'exp(spin(ob + D) - mx)'};
+    L += spin(ob + D + 1u) * w;
+    for (var i = 0u; i < DPT4; i++) {
+      let d = ob + (part + TPR * i) * 4u;
+      O[i] += vec4<f32>(spin(d), spin(d + 1u), spin(d + 2u), spin(d + 3u)) * w;
+    }
+  }
+  let inv = select(0.0, 1.0 / L, L > 0.0);
+  let ob = ((b * p.T + t) * p.Hq + h) * D;
+  for (var i = 0u; i < DPT4; i++) {
+    let d = (part + TPR * i) * 4u;
+    let v = O[i] * inv;
+    out[ob + d] = v.x; out[ob + d + 1u] = v.y; out[ob + d + 2u] = v.z; out[ob + d + 3u] = v.w;
+  }
+  workgroupBarrier();   // every thread of a row has read its m and l
+  for (var s = 0u; s < p.nsplit; s++) {
+    let ob2 = rb + s * (D + 2u);
+    for (var i = 0u; i < DPT4; i++) {
+      let d = ob2 + (part + TPR * i) * 4u;
+      atomicStore(&pw[d], EMPTY); atomicStore(&pw[d + 1u], EMPTY); atomicStore(&pw[d + 2u], EMPTY); atomicStore(&pw[d + 3u], EMPTY);
+    }
+    if (part == 0u) { atomicStore(&pw[ob2 + D], EMPTY); atomicStore(&pw[ob2 + D + 1u], EMPTY); }
+  }`;
 }
 
 /** sums: every split's m is the same (fixed max, gravity-pure), so the weights exp(m_s - max m) are all 1 */
@@ -280,10 +348,39 @@ const DECODE_WORKGROUPS = Number((typeof process !== 'undefined' && process.env?
 /** decode loads each K and V tile in one phase (GRAVITY_DECODE_KV=split: K, then V, as prefill's fallback kernel) */
 const DECODE_KV1 = (typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KV) !== 'split';
 /**
- * Decode splits the key axis only past this many keys per split (GRAVITY_DECODE_KEYS_PER_SPLIT to experiment): a
- * split costs a second dispatch (the combine), and decode is bound by the host's cost per dispatch.
+ * Decode splits the key axis only past this many keys per split (GRAVITY_DECODE_KEYS_PER_SPLIT to experiment).
  */
 const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 32);
+
+/** decode merges the splits in the attention dispatch itself (GRAVITY_DECODE_MERGE=pass: a combine dispatch after it) */
+const DECODE_MERGE = (typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_MERGE) !== 'pass';
+
+interface MergeBuffers { pw: GPUBuffer; words: number; cnt: GPUBuffer; counters: number }
+const mergeBufs = new WeakMap<GpuContext, MergeBuffers>();
+
+/**
+ * The context's partials (every word MERGE_EMPTY between calls) and split counters (0 between calls): they live as
+ * long as the context and grow when a call needs more; the old ones are destroyed after the recorded work is submitted.
+ */
+function mergeBuffers(ctx: GpuContext, words: number, counters: number): MergeBuffers {
+  let m = mergeBufs.get(ctx);
+  if (!m || m.words < words || m.counters < counters) {
+    const w = Math.max(words, m?.words ?? 0, 1 << 16);
+    const n = Math.max(counters, m?.counters ?? 0, 64);
+    if (m) {
+      ctx.retire(m.pw);
+      ctx.retire(m.cnt);
+    }
+    m = {
+      pw: ctx.createFilled(new Uint32Array(w).fill(MERGE_EMPTY), 'attention partials'),
+      words: w,
+      cnt: ctx.createFilled(new Uint32Array(n), 'attention split counters'),
+      counters: n,
+    };
+    mergeBufs.set(ctx, m);
+  }
+  return m;
+}
 
 export function attentionKernel(
   ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
@@ -323,11 +420,17 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}:${cfg.KV1}`;
-  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed));
+  const merge = split && decode && DECODE_MERGE && ctx.maxStorageBuffers >= 7;
+  const key = `attn:${p.kind}:${fixed}:${split}:${merge}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}:${cfg.KV1}`;
+  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed, merge));
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {
     ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, out], groups);
+    return;
+  }
+  if (merge) {
+    const m = mergeBuffers(ctx, B * T * Hq * nsplit * (D + 2), B * Hkv);
+    ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, m.pw, out, m.cnt], groups);
     return;
   }
   const rows = B * T * Hq;
