@@ -20,12 +20,20 @@ dec() {
 {
 dec default-passes-profiled X=1 -- --profile-passes
 dec default X=1
+dec combine-dispatch GRAVITY_DECODE_MERGE=pass
 dec norm-stage GRAVITY_NORM=stage
-dec attn-old GRAVITY_DECODE_KV=split GRAVITY_DECODE_KEYS_PER_SPLIT=64 GRAVITY_DECODE_WORKGROUPS=256
-dec unroll8 GRAVITY_GEMV_UNROLL=8
 dec default-again X=1
+dec combine-dispatch-again GRAVITY_DECODE_MERGE=pass
 } > "$OUT/decode-settings.txt"
 grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
 timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b > "$OUT/gemv.txt" 2>&1
-tail -14 "$OUT/gemv.txt"
+tail -17 "$OUT/gemv.txt"
+# the host side alone: cost per dispatch against bare Dawn calls, and a token's recording on a 36-layer, 128-wide model
+{
+timeout 60 node dist/bench/gpu-dispatch.js 2>&1 | grep -v Warning
+echo '{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":128,"intermediate_size":256,"num_hidden_layers":36,"num_attention_heads":16,"num_key_value_heads":2,"vocab_size":1024,"max_position_embeddings":4096,"rms_norm_eps":1e-6,"rope_theta":1000000,"tie_word_embeddings":true,"torch_dtype":"bfloat16"}' > /tmp/m36.json
+[ -d /tmp/m36 ] || node dist/src/cli/main.js init-random --config /tmp/m36.json --out /tmp/m36 > /dev/null
+timeout 60 node dist/bench/gpu-record.js --dir /tmp/m36 --tokens 60 --reps 2 2>&1 | grep -v Warning
+} > "$OUT/host.txt" 2>&1
+cat "$OUT/host.txt"
 exit 0

@@ -112,7 +112,12 @@ export class GpuContext {
   readonly maxGroups: number;
   readonly maxStorageBuffers: number;
   private kernels = new Map<string, Kernel>();
-  private bindGroups = new Map<string, GPUBindGroup>();
+  /** bind groups by the hash of their signature (see dispatch), with the signature to tell collisions apart */
+  private bindGroups = new Map<number, { sig: Int32Array; bg: GPUBindGroup }[]>();
+  private bindGroupCount = 0;
+  private sig = new Int32Array(256);
+  /** setBindGroup's dynamic offsets, one reused array per binding count (Dawn copies them at the call) */
+  private offsetArrays: number[][] = [];
   private bufIds = new WeakMap<GPUBuffer, number>();
   private nextBufId = 0;
   private pool = new Map<number, GPUBuffer[]>();
@@ -298,42 +303,80 @@ export class GpuContext {
     if (this.arenaUsed + need > ARENA_BYTES) this.flush();
     const off = this.reserve(64);
     params.writeTo(this.arenaView, off);
-    const offsets = [off];
-    let key = `${k.id}`;
-    const resources: GPUBufferBinding[] = [];
-    for (const b of bindings) {
-      let r: GPUBufferBinding;
+    // the bind group's signature (kernel, then buffer id, offset, size per binding) in a scratch array, hashed: the
+    // cache lookup of a decode dispatch allocates nothing (a string key cost ~1 KB of garbage per dispatch)
+    const nb = bindings.length;
+    const offsets = this.offsetArrays[nb] ?? (this.offsetArrays[nb] = []);
+    offsets.length = 0;
+    offsets.push(off);
+    const sig = this.sig;
+    let n = 0;
+    sig[n++] = k.id;
+    let dataBufs: GPUBuffer[] | null = null; // uploads too large for the arena, in binding order
+    for (let i = 0; i < nb; i++) {
+      const b = bindings[i];
       if ('data' in b) {
         const data = b.data;
         const bytes = roundUp(Math.max(data.byteLength, 4), 4);
+        let buf = this.arena;
         if (data.byteLength > ARENA_BYTES / 4) {
-          const buf = this.createFilled(data, 'upload');
+          buf = this.createFilled(data, 'upload');
           this.retire(buf);
-          r = { buffer: buf, offset: 0, size: bytes };
+          (dataBufs ??= []).push(buf);
           offsets.push(0);
         } else {
           const o = this.reserve(bytes);
           new Uint8Array(this.arenaHost, o, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-          r = { buffer: this.arena, offset: 0, size: bytes };
           offsets.push(o);
         }
-        key += `|d${this.bufId(r.buffer)}:${bytes}`;
+        sig[n++] = this.bufId(buf);
+        sig[n++] = -1;
+        sig[n++] = bytes;
       } else if ('buffer' in b) {
-        r = b;
-        key += `|${this.bufId(b.buffer)}:${b.offset ?? 0}:${b.size ?? -1}`;
+        sig[n++] = this.bufId(b.buffer);
+        sig[n++] = b.offset ?? 0;
+        sig[n++] = b.size ?? -2;
       } else {
-        r = { buffer: b };
-        key += `|${this.bufId(b)}`;
+        sig[n++] = this.bufId(b);
+        sig[n++] = 0;
+        sig[n++] = -2;
       }
-      resources.push(r);
     }
-    let bg = this.bindGroups.get(key);
+    let h = 0x811c9dc5;
+    for (let i = 0; i < n; i++) h = Math.imul(h ^ sig[i], 0x01000193);
+    let bucket = this.bindGroups.get(h);
+    let bg: GPUBindGroup | null = null;
+    if (bucket) {
+      for (const e of bucket) {
+        if (e.sig.length !== n) continue;
+        let same = true;
+        for (let i = 0; i < n && same; i++) same = e.sig[i] === sig[i];
+        if (same) {
+          bg = e.bg;
+          break;
+        }
+      }
+    }
     if (!bg) {
       const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: 0, size: 64 } }];
-      resources.forEach((r, i) => entries.push({ binding: i + 1, resource: r }));
+      let d = 0;
+      for (let i = 0; i < nb; i++) {
+        const b = bindings[i];
+        let r: GPUBufferBinding;
+        if ('data' in b) {
+          const bytes = roundUp(Math.max(b.data.byteLength, 4), 4);
+          r = { buffer: b.data.byteLength > ARENA_BYTES / 4 ? dataBufs![d++] : this.arena, offset: 0, size: bytes };
+        } else r = 'buffer' in b ? b : { buffer: b };
+        entries.push({ binding: i + 1, resource: r });
+      }
       bg = this.device.createBindGroup({ layout: k.layout!, entries });
-      if (this.bindGroups.size >= MAX_BIND_GROUPS) this.bindGroups.clear();
-      this.bindGroups.set(key, bg);
+      if (this.bindGroupCount >= MAX_BIND_GROUPS) {
+        this.bindGroups.clear();
+        this.bindGroupCount = 0;
+      }
+      if (!bucket) this.bindGroups.set(h, (bucket = []));
+      bucket.push({ sig: sig.slice(0, n), bg });
+      this.bindGroupCount++;
     }
     const tw = this.profilePasses ? null : (this.profiler?.next(k.key) ?? null);
     let pass: GPUComputePassEncoder;
