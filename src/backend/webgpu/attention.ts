@@ -172,7 +172,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (t < p.T) { v = q[((b * p.T + t) * p.Hq + kvh * G + r % G) * D4 + e % D4]; }
     Qs[r * DP4 + e % D4] = v;
   }
-  workgroupBarrier();
+  ${c.KV1 ? '// no barrier: the first tile\'s barrier (after its K/V loads) also covers Qs, one global-memory wait less' : 'workgroupBarrier();'}
   let r = lid / TPR;
   let part = lid % TPR;
   let t = t0 + r / G;             // this thread's row: query t, head h
@@ -268,22 +268,55 @@ fn spin(i: u32) -> f32 {
 }`;
 
 function mergeCode(sums: boolean): string {
+  // MU splits per step: their words are loaded together (independent atomic loads in flight), then checked, so the
+  // merge waits on L2 about nsplit / MU times instead of once per word
+  const MU = 4;
   return `workgroupBarrier();
   if (lid == 0u) { lastFlag = select(0u, 1u, atomicAdd(&cnt[bh], 1u) == p.nsplit - 1u); }
   if (workgroupUniformLoad(&lastFlag) == 0u) { return; }
   if (lid == 0u) { atomicStore(&cnt[bh], 0u); }
   let rb = ((b * p.T + t) * p.Hq + h) * p.nsplit * (D + 2u);   // row r's partials (T = 1: t = 0)
-  ${sums ? '' : `var mx = -1.0e30;
-  for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, spin(rb + s * (D + 2u) + D)); }`}
+  // online merge (as the tiles): mx the running max, L and O rescaled when it grows; sums: mx stays 0
+  var mx = ${sums ? '0.0' : '-1.0e30'};
   var L = 0.0;
   var O: array<vec4<f32>, DPT4>;
-  for (var s = 0u; s < p.nsplit; s++) {
-    let ob = rb + s * (D + 2u);
-    let w = ${sums ? '1.0' : 'exp(spin(ob + D) - mx)'};
-    L += spin(ob + D + 1u) * w;
-    for (var i = 0u; i < DPT4; i++) {
-      let d = ob + (part + TPR * i) * 4u;
-      O[i] += vec4<f32>(spin(d), spin(d + 1u), spin(d + 2u), spin(d + 3u)) * w;
+  const WN = 2u + 4u * DPT4;   // words per split for this thread: m, l, its o columns
+  for (var s0 = 0u; s0 < p.nsplit; s0 += ${MU}u) {
+    var w: array<u32, ${MU}u * WN>;
+    for (var u = 0u; u < ${MU}u; u++) {
+      let ob = rb + min(s0 + u, p.nsplit - 1u) * (D + 2u);
+      w[u * WN] = atomicLoad(&pw[ob + D]);
+      w[u * WN + 1u] = atomicLoad(&pw[ob + D + 1u]);
+      for (var i = 0u; i < DPT4; i++) {
+        let d = ob + (part + TPR * i) * 4u;
+        for (var c = 0u; c < 4u; c++) { w[u * WN + 2u + 4u * i + c] = atomicLoad(&pw[d + c]); }
+      }
+    }
+    for (var u = 0u; u < ${MU}u; u++) {
+      if (s0 + u >= p.nsplit) { break; }
+      let ob = rb + (s0 + u) * (D + 2u);
+      // a word still EMPTY was written but is not visible here yet: wait for it (rare)
+      if (w[u * WN] == EMPTY) { w[u * WN] = bitcast<u32>(spin(ob + D)); }
+      if (w[u * WN + 1u] == EMPTY) { w[u * WN + 1u] = bitcast<u32>(spin(ob + D + 1u)); }
+      for (var i = 0u; i < DPT4; i++) {
+        let d = ob + (part + TPR * i) * 4u;
+        for (var c = 0u; c < 4u; c++) {
+          if (w[u * WN + 2u + 4u * i + c] == EMPTY) { w[u * WN + 2u + 4u * i + c] = bitcast<u32>(spin(d + c)); }
+        }
+      }
+      ${sums ? `let ws = 1.0;` : `let ms = bitcast<f32>(w[u * WN]);
+      let mn = max(mx, ms);
+      let alpha = exp(mx - mn);
+      let ws = exp(ms - mn);
+      mx = mn;
+      L *= alpha;
+      for (var i = 0u; i < DPT4; i++) { O[i] *= alpha; }`}
+      L += bitcast<f32>(w[u * WN + 1u]) * ws;
+      for (var i = 0u; i < DPT4; i++) {
+        let o4 = vec4<f32>(bitcast<f32>(w[u * WN + 2u + 4u * i]), bitcast<f32>(w[u * WN + 3u + 4u * i]),
+          bitcast<f32>(w[u * WN + 4u + 4u * i]), bitcast<f32>(w[u * WN + 5u + 4u * i]));
+        O[i] += o4 * ws;
+      }
     }
   }
   let inv = select(0.0, 1.0 / L, L > 0.0);
