@@ -20,15 +20,20 @@ dec() {
 {
 dec default-passes-profiled X=1 -- --profile-passes
 dec default X=1
-dec combine-dispatch GRAVITY_DECODE_MERGE=pass
+dec gateup-split GRAVITY_GATEUP=split
+dec unroll8 GRAVITY_GEMV_UNROLL=8
 dec default-again X=1
-dec combine-dispatch-again GRAVITY_DECODE_MERGE=pass
+dec unroll8-again GRAVITY_GEMV_UNROLL=8
 } > "$OUT/decode-settings.txt"
 grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
-timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b > "$OUT/gemv.txt" 2>&1
-tail -17 "$OUT/gemv.txt"
-echo "== decode attention with the combine as its own dispatch (GRAVITY_DECODE_MERGE=pass)"
-GRAVITY_DECODE_MERGE=pass timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep 'attention decode'
+{
+timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | tail -17
+echo "== GRAVITY_GATEUP=split"
+GRAVITY_GATEUP=split timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^gate'
+echo "== GRAVITY_GEMV_UNROLL=8"
+GRAVITY_GEMV_UNROLL=8 timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^(q/k/v|o |gate|down|lm_head)'
+} > "$OUT/gemv.txt"
+cat "$OUT/gemv.txt"
 # the host side alone: cost per dispatch against bare Dawn calls, and a token's recording on a 36-layer, 128-wide model
 {
 timeout 60 node dist/bench/gpu-dispatch.js 2>&1 | grep -v Warning

@@ -85,10 +85,7 @@ export function gravityFixedMax(p: AttentionParams): boolean {
   return p.eps > 0 && mx / p.eps <= FIXED_MAX_LIMIT;
 }
 
-/** a partial word not yet written (a NaN payload no arithmetic makes): see mergeCode */
-export const MERGE_EMPTY = 0x7fc00001;
-
-function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false, merge = false): string {
+function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false): string {
   const gravity = kind !== 'dot';
   const pure = kind === 'gravity-pure';
   const running = !pure && !fixed; // a running max with per-tile rescaling
@@ -105,15 +102,7 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false,
   // fixed max: the row's weight exp(s - m) is final when the score is made, so it is computed once by the scoring
   // thread and stored (masked = 0), instead of once per output thread of the row in the P·V loop
   const score = fixed ? `s = exp(mass[h] / (dts[c] + p.eps) - m);` : gravity ? `s = mass[h] / (dts[c] + p.eps);` : `s = p.scale * dts[c];`;
-  const store = merge
-    ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
-    for (var i = 0u; i < DPT4; i++) {
-      let d = base + (part + TPR * i) * 4u;
-      atomicStore(&pw[d], bitcast<u32>(o[i].x)); atomicStore(&pw[d + 1u], bitcast<u32>(o[i].y));
-      atomicStore(&pw[d + 2u], bitcast<u32>(o[i].z)); atomicStore(&pw[d + 3u], bitcast<u32>(o[i].w));
-    }
-    if (part == 0u) { atomicStore(&pw[base + D], bitcast<u32>(m)); atomicStore(&pw[base + D + 1u], bitcast<u32>(l)); }`
-    : split
+  const store = split
     ? `let base = (((b * p.T + t) * p.Hq + h) * p.nsplit + split) * (D + 2u);
     for (var i = 0u; i < DPT4; i++) {
       let d = (part + TPR * i) * 4u;
@@ -133,10 +122,7 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false,
 @group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
 @group(0) @binding(3) var<storage, read> valid: array<u32>;
 @group(0) @binding(4) var<storage, read> mass: array<f32>;
-${merge ? `@group(0) @binding(5) var<storage, read_write> pw: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
-${mergeDecls}` : '@group(0) @binding(5) var<storage, read_write> out: array<f32>;'}
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const D = ${c.D}u;
 const D4 = ${c.D / 4}u;
 const DP4 = ${c.D / 4 + 1}u;   // row stride of Qs and KVs in vec4: one vec4 of padding
@@ -247,94 +233,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (t < p.T) {
     ${store}
   }
-  ${merge ? mergeCode(!running) : ''}
 }`;
-}
-
-/**
- * Split-K decode without a combine dispatch: the workgroup that finishes last for its (batch, kv head) merges every
- * split's partial (counted with an atomic in `cnt`). WGSL has no device-scope fence, so the partials' visibility to
- * that workgroup is not ordered by the counter: each partial word is written with an atomic store and the merger
- * spins on it until it no longer holds MERGE_EMPTY (per-location coherence is all this needs), then puts MERGE_EMPTY
- * back, so the buffer is ready for the next call. The spin is bounded: a word that never arrives gives NaN, which
- * the model reports, never a hang.
- */
-const mergeDecls = `const EMPTY = ${MERGE_EMPTY}u;
-var<workgroup> lastFlag: u32;
-fn spin(i: u32) -> f32 {
-  var v = atomicLoad(&pw[i]);
-  for (var it = 0u; it < 4000000u && v == EMPTY; it++) { v = atomicLoad(&pw[i]); }
-  return bitcast<f32>(select(v, 0x7fc00000u, v == EMPTY));
-}`;
-
-function mergeCode(sums: boolean): string {
-  // MU splits per step: their words are loaded together (independent atomic loads in flight), then checked, so the
-  // merge waits on L2 about nsplit / MU times instead of once per word
-  const MU = 4;
-  return `workgroupBarrier();
-  if (lid == 0u) { lastFlag = select(0u, 1u, atomicAdd(&cnt[bh], 1u) == p.nsplit - 1u); }
-  if (workgroupUniformLoad(&lastFlag) == 0u) { return; }
-  if (lid == 0u) { atomicStore(&cnt[bh], 0u); }
-  let rb = ((b * p.T + t) * p.Hq + h) * p.nsplit * (D + 2u);   // row r's partials (T = 1: t = 0)
-  // online merge (as the tiles): mx the running max, L and O rescaled when it grows; sums: mx stays 0
-  var mx = ${sums ? '0.0' : '-1.0e30'};
-  var L = 0.0;
-  var O: array<vec4<f32>, DPT4>;
-  const WN = 2u + 4u * DPT4;   // words per split for this thread: m, l, its o columns
-  for (var s0 = 0u; s0 < p.nsplit; s0 += ${MU}u) {
-    var w: array<u32, ${MU}u * WN>;
-    for (var u = 0u; u < ${MU}u; u++) {
-      let ob = rb + min(s0 + u, p.nsplit - 1u) * (D + 2u);
-      w[u * WN] = atomicLoad(&pw[ob + D]);
-      w[u * WN + 1u] = atomicLoad(&pw[ob + D + 1u]);
-      for (var i = 0u; i < DPT4; i++) {
-        let d = ob + (part + TPR * i) * 4u;
-        for (var c = 0u; c < 4u; c++) { w[u * WN + 2u + 4u * i + c] = atomicLoad(&pw[d + c]); }
-      }
-    }
-    for (var u = 0u; u < ${MU}u; u++) {
-      if (s0 + u >= p.nsplit) { break; }
-      let ob = rb + (s0 + u) * (D + 2u);
-      // a word still EMPTY was written but is not visible here yet: wait for it (rare)
-      if (w[u * WN] == EMPTY) { w[u * WN] = bitcast<u32>(spin(ob + D)); }
-      if (w[u * WN + 1u] == EMPTY) { w[u * WN + 1u] = bitcast<u32>(spin(ob + D + 1u)); }
-      for (var i = 0u; i < DPT4; i++) {
-        let d = ob + (part + TPR * i) * 4u;
-        for (var c = 0u; c < 4u; c++) {
-          if (w[u * WN + 2u + 4u * i + c] == EMPTY) { w[u * WN + 2u + 4u * i + c] = bitcast<u32>(spin(d + c)); }
-        }
-      }
-      ${sums ? `let ws = 1.0;` : `let ms = bitcast<f32>(w[u * WN]);
-      let mn = max(mx, ms);
-      let alpha = exp(mx - mn);
-      let ws = exp(ms - mn);
-      mx = mn;
-      L *= alpha;
-      for (var i = 0u; i < DPT4; i++) { O[i] *= alpha; }`}
-      L += bitcast<f32>(w[u * WN + 1u]) * ws;
-      for (var i = 0u; i < DPT4; i++) {
-        let o4 = vec4<f32>(bitcast<f32>(w[u * WN + 2u + 4u * i]), bitcast<f32>(w[u * WN + 3u + 4u * i]),
-          bitcast<f32>(w[u * WN + 4u + 4u * i]), bitcast<f32>(w[u * WN + 5u + 4u * i]));
-        O[i] += o4 * ws;
-      }
-    }
-  }
-  let inv = select(0.0, 1.0 / L, L > 0.0);
-  let ob = ((b * p.T + t) * p.Hq + h) * D;
-  for (var i = 0u; i < DPT4; i++) {
-    let d = (part + TPR * i) * 4u;
-    let v = O[i] * inv;
-    out[ob + d] = v.x; out[ob + d + 1u] = v.y; out[ob + d + 2u] = v.z; out[ob + d + 3u] = v.w;
-  }
-  workgroupBarrier();   // every thread of a row has read its m and l
-  for (var s = 0u; s < p.nsplit; s++) {
-    let ob2 = rb + s * (D + 2u);
-    for (var i = 0u; i < DPT4; i++) {
-      let d = ob2 + (part + TPR * i) * 4u;
-      atomicStore(&pw[d], EMPTY); atomicStore(&pw[d + 1u], EMPTY); atomicStore(&pw[d + 2u], EMPTY); atomicStore(&pw[d + 3u], EMPTY);
-    }
-    if (part == 0u) { atomicStore(&pw[ob2 + D], EMPTY); atomicStore(&pw[ob2 + D + 1u], EMPTY); }
-  }`;
 }
 
 /** sums: every split's m is the same (fixed max, gravity-pure), so the weights exp(m_s - max m) are all 1 */
@@ -385,36 +284,6 @@ const DECODE_KV1 = (typeof process !== 'undefined' && process.env?.GRAVITY_DECOD
  */
 const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 32);
 
-/** decode merges the splits in the attention dispatch itself (GRAVITY_DECODE_MERGE=pass: a combine dispatch after it) */
-const DECODE_MERGE = (typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_MERGE) !== 'pass';
-
-interface MergeBuffers { pw: GPUBuffer; words: number; cnt: GPUBuffer; counters: number }
-const mergeBufs = new WeakMap<GpuContext, MergeBuffers>();
-
-/**
- * The context's partials (every word MERGE_EMPTY between calls) and split counters (0 between calls): they live as
- * long as the context and grow when a call needs more; the old ones are destroyed after the recorded work is submitted.
- */
-function mergeBuffers(ctx: GpuContext, words: number, counters: number): MergeBuffers {
-  let m = mergeBufs.get(ctx);
-  if (!m || m.words < words || m.counters < counters) {
-    const w = Math.max(words, m?.words ?? 0, 1 << 16);
-    const n = Math.max(counters, m?.counters ?? 0, 64);
-    if (m) {
-      ctx.retire(m.pw);
-      ctx.retire(m.cnt);
-    }
-    m = {
-      pw: ctx.createFilled(new Uint32Array(w).fill(MERGE_EMPTY), 'attention partials'),
-      words: w,
-      cnt: ctx.createFilled(new Uint32Array(n), 'attention split counters'),
-      counters: n,
-    };
-    mergeBufs.set(ctx, m);
-  }
-  return m;
-}
-
 export function attentionKernel(
   ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
 ): void {
@@ -453,17 +322,11 @@ export function attentionKernel(
     nsplit = Math.ceil(keys / kps);
   }
   const split = nsplit > 1;
-  const merge = split && decode && DECODE_MERGE && ctx.maxStorageBuffers >= 7;
-  const key = `attn:${p.kind}:${fixed}:${split}:${merge}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}:${cfg.KV1}`;
-  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed, merge));
+  const key = `attn:${p.kind}:${fixed}:${split}:${cfg.D}:${cfg.G}:${cfg.TQ}:${cfg.TPR}:${cfg.BK}:${cfg.KV1}`;
+  const pl = ctx.pipeline(key, () => flashShader(cfg, p.kind, split, fixed));
   const groups: [number, number, number] = [Math.ceil(T / cfg.TQ), nsplit, B * Hkv];
   if (!split) {
     ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, out], groups);
-    return;
-  }
-  if (merge) {
-    const m = mergeBuffers(ctx, B * T * Hq * nsplit * (D + 2), B * Hkv);
-    ctx.dispatch(pl, params(kps, nsplit), [q, L.kv, c.valid, mass, m.pw, out, m.cnt], groups);
     return;
   }
   const rows = B * T * Hq;

@@ -17,7 +17,7 @@
  * multiplies after the dot instead of before, ~1e-7 relative).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
-import { FLAT_WG, NORM_MODE, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, normPrologue, normVecLoad, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, NORM_MODE, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, gemvDotMulti, normPrologue, normVecLoad, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
 import { UNROLL } from './linear.js';
 
 const LANES = 32;
@@ -136,7 +136,47 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
   ctx.dispatch(pl, params, binds, ctx.grid(groups));
 }
 
-/** gate/up GEMV + SwiGLU: workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
+/**
+ * How the gate/up GEMV spreads rows over warps (GRAVITY_GATEUP=split to compare): 'pairs' (default), each warp reads
+ * the gate row and the up row of one output, x loaded once for both and twice the loads in flight; 'split', a
+ * workgroup's warps 0-3 take 4 gate rows and warps 4-7 the matching up rows.
+ */
+const GATEUP_PAIRS = (typeof process !== 'undefined' && process.env?.GRAVITY_GATEUP) !== 'split';
+
+/** gate/up GEMV + SwiGLU, 'pairs': workgroup owns outputs 8 wg .. 8 wg + 7, warp r output 8 wg + r */
+function gateUpPairsShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
+  const red = warpSums(norm ? 3 * NB : 2 * NB, WARPS, sg);
+  const rs = (n: string) => (norm ? ` * (1.0 / sqrt(${red.sum(`${2 * NB}u + ${n}`, 'r')} / f32(p.IN) + p.eps))` : '');
+  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${bias ? scalarLoad('bias', 5, bias) : ''}
+${norm ? normVecLoad('g', bias ? 6 : 5, norm) : ''}
+${red.decl}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${FLAT_WG}
+  let lane = lid % ${LANES}u;
+  let r = lid / ${LANES}u;
+  let row = wg * ${WARPS}u + r;
+  let K4 = p.IN / 4u;
+  ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
+  var acc: array<f32, ${norm ? 3 * NB : 2 * NB}>;
+  if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, 'x', !!norm)}
+  ${red.code}
+  if (lane != 0u || row >= p.I) { return; }
+  for (var n = 0u; n < ${NB}u; n++) {
+    if (n >= p.N) { break; }
+    let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
+    y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
+  }
+}`;
+}
+
+/** gate/up GEMV + SwiGLU, 'split': workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
 function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
   const inl = !!norm && NORM_MODE === 'inline';
   const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
@@ -182,11 +222,13 @@ export function gateUpGemv(
   y: GPUBuffer, N: number, NB: number, IN: number, I: number, norm: { g: GPUBuffer; dt: WDType; eps: number } | null = null,
 ): void {
   const nd = norm ? norm.dt : null;
-  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}:norm${nd}`, () => gateUpShader(NB, dt, bias ? bdt : null, ctx.sg, nd));
+  const pairs = GATEUP_PAIRS && (!norm || NORM_MODE === 'inline');
+  const pl = ctx.pipeline(`gateup-swiglu:${pairs}:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}:norm${nd}`, () =>
+    (pairs ? gateUpPairsShader : gateUpShader)(NB, dt, bias ? bdt : null, ctx.sg, nd));
   const binds: Binding[] = [x, wg, wu, y];
   if (bias) binds.push(bias);
   if (norm) binds.push(norm.g);
-  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / 4)));
+  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / (pairs ? WARPS : 4))));
 }
 
 /**

@@ -146,6 +146,47 @@ export function gemvDotBody(
   }`;
 }
 
+/**
+ * gemvDotBody for several weight matrices of the same shape at once (row `row` of each): matrix j accumulates into
+ * acc[j * NB + n], and with `norm` acc[M * NB + n] sums x² (M = ws.length). Each lane's x vectors are loaded once for
+ * all M rows and the M rows' loads are in flight together, which short rows (few steps per warp) need.
+ */
+export function gemvDotMulti(ws: string[], dt: WDType, NB: number, unroll: number, x = 'x', norm = false): string {
+  const M = ws.length;
+  const guard = NB === 1 ? '' : 'if (n < p.N) ';
+  const f32 = dt === 'F32';
+  const KV = f32 ? 'K4' : 'K8';
+  const U = Array.from({ length: unroll }, (_, u) => u);
+  const J = Array.from({ length: M }, (_, j) => j);
+  const accum = (u: number) => {
+    if (f32) {
+      return `{ ${norm ? `let gw = gv4(k${u});` : ''}
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xv = ${x}[n * K4 + k${u}]${norm ? ' * gw' : ''};
+          ${J.map((j) => `acc[${j * NB}u + n] += dot(w${u}_${j}, xv);`).join(' ')}
+          ${norm ? `let xr = ${x}[n * K4 + k${u}]; acc[${M * NB}u + n] += dot(xr, xr);` : ''} } } }`;
+    }
+    return `{ ${norm ? `let ga = gv4(2u * k${u}); let gb = gv4(2u * k${u} + 1u);` : ''}
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xa0 = ${x}[n * K4 + 2u * k${u}]; let xb0 = ${x}[n * K4 + 2u * k${u} + 1u];
+          let xa = xa0${norm ? ' * ga' : ''}; let xb = xb0${norm ? ' * gb' : ''};
+          ${J.map((j) => `acc[${j * NB}u + n] += dot(lo_${ws[j]}(w${u}_${j}), xa) + dot(hi_${ws[j]}(w${u}_${j}), xb);`).join('\n          ')}
+          ${norm ? `acc[${M * NB}u + n] += dot(xa0, xa0) + dot(xb0, xb0);` : ''} } } }`;
+  };
+  const loads = (u: number) => J.map((j) => `let w${u}_${j} = ${ws[j]}[base + k${u}];`).join(' ');
+  return `{
+    let base = row * ${KV};
+    var k = lane;
+    for (; k + ${(unroll - 1) * 32}u < ${KV}; k += ${unroll * 32}u) {
+      ${U.map((u) => `let k${u} = k + ${u * 32}u; ${loads(u)}`).join('\n      ')}
+      ${U.map(accum).join('\n      ')}
+    }
+    for (; k < ${KV}; k += 32u) {
+      let k0 = k;
+      ${loads(0)}
+      ${accum(0)}
+    }
+  }`;
+}
+
 /** `var<storage, read> NAME` (a norm weight) plus `fn gv4(i: u32) -> vec4<f32>`: its elements 4i .. 4i + 3 */
 export function normVecLoad(name: string, binding: number, dt: WDType): string {
   if (dt === 'F32') return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec4<f32>>;
