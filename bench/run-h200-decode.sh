@@ -20,7 +20,7 @@ dec() {
 {
 dec default-passes-profiled X=1 -- --profile-passes
 dec default X=1
-dec gateup-split GRAVITY_GATEUP=split
+dec norm-stage GRAVITY_NORM=stage
 dec unroll8 GRAVITY_GEMV_UNROLL=8
 dec default-again X=1
 dec unroll8-again GRAVITY_GEMV_UNROLL=8
@@ -28,8 +28,8 @@ dec unroll8-again GRAVITY_GEMV_UNROLL=8
 grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
 {
 timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | tail -17
-echo "== GRAVITY_GATEUP=split"
-GRAVITY_GATEUP=split timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^gate'
+echo "== GRAVITY_NORM=stage"
+GRAVITY_NORM=stage timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^(q/k/v|gate)'
 echo "== GRAVITY_GEMV_UNROLL=8"
 GRAVITY_GEMV_UNROLL=8 timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^(q/k/v|o |gate|down|lm_head)'
 } > "$OUT/gemv.txt"

@@ -11,7 +11,7 @@
  *  - qkv GEMV (N <= GEMV_MAX_N): the q, k and v projections (+ bias) in ONE dispatch; each q/k workgroup owns
  *    4 RoPE pairs (i, i + D/2) of one head, so the rotation is done in the epilogue, and k, v are written
  *    straight into the cache slots. Replaces 3 GEMVs, 2 ropes and writeKV.
- *  - gate/up GEMV with the SwiGLU epilogue: each workgroup owns 4 gate rows and the 4 matching up rows.
+ *  - gate/up GEMV with the SwiGLU epilogue: each warp reads the gate row and the up row of one output.
  *  - prefill (N > GEMV_MAX_N): the GEMMs stay, then one kernel does RoPE on q and k and the KV write.
  * Results equal the unfused ops' up to f32 rounding (the norm's sum of squares adds in another order and 1/rms
  * multiplies after the dot instead of before, ~1e-7 relative).
@@ -30,6 +30,21 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
 }
 
 /**
+ * The pieces of a one-row-per-warp GEMV shader that depend on how an RMSNorm of x is applied (NORM_MODE): the warp
+ * sums (NB dot products, plus NB sums of x² when inline), the staging prologue (stage), `rs(n, w)`, warp w's factor
+ * 1/rms of row n to multiply its sum by (inline; acc[NB + n] summed x² of the same row, every warp read all of x), and
+ * `dot(w)`, the dot loop over weight matrix w.
+ */
+function normPlan(NB: number, dt: WDType, sg: number, norm: WDType | null) {
+  const inl = !!norm && NORM_MODE === 'inline';
+  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
+  const np = norm && !inl ? normPrologue(NB, sg) : null;
+  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
+  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, np ? 'xs' : 'x', null, inl);
+  return { inl, red, np, rs, dot };
+}
+
+/**
  * q/k/v GEMV + bias + RoPE + KV write. Workgroups: Rq/8 for q, Rk/8 for k, Rk/8 for v (Rq = Hq*D, Rk = Hkv*D).
  * In a q or k workgroup, warp r computes row head*D + blk*4 + (r & 3) + (r >> 2) * D/2: warps r and r + 4 hold
  * a RoPE pair. Bindings: x, wq, wk, wv, cs (cos, sin per row and pair, from the arena), q out, kv cache[, bias].
@@ -37,13 +52,7 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
 function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number, norm: WDType | null): string {
   const half = D / 2;
   const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
-  const inl = !!norm && NORM_MODE === 'inline';
-  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
-  const np = norm && !inl ? normPrologue(NB, sg) : null;
-  const xs = np ? 'xs' : 'x';
-  // inline norm: warp w's 1/rms of row n (acc[NB + n] summed x² of the same row; every warp read all of x)
-  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
-  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, xs, null, inl);
+  const { inl, red, np, rs, dot } = normPlan(NB, dt, sg, norm);
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -137,53 +146,15 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
 }
 
 /**
- * How the gate/up GEMV spreads rows over warps (GRAVITY_GATEUP=split to compare): 'pairs' (default), each warp reads
- * the gate row and the up row of one output, x loaded once for both and twice the loads in flight; 'split', a
- * workgroup's warps 0-3 take 4 gate rows and warps 4-7 the matching up rows.
+ * gate/up GEMV + SwiGLU: workgroup owns outputs 8 wg .. 8 wg + 7; warp r reads the gate row and the up row of output
+ * 8 wg + r, x loaded once for both and twice the loads in flight (on the H200 28.8 -> 24.9 µs against 4 warps on
+ * gate rows and 4 on up rows, which the short 2048-wide rows left with too few bytes in flight).
  */
-const GATEUP_PAIRS = (typeof process !== 'undefined' && process.env?.GRAVITY_GATEUP) !== 'split';
-
-/** gate/up GEMV + SwiGLU, 'pairs': workgroup owns outputs 8 wg .. 8 wg + 7, warp r output 8 wg + r */
-function gateUpPairsShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
-  const red = warpSums(norm ? 3 * NB : 2 * NB, WARPS, sg);
-  const rs = (n: string) => (norm ? ` * (1.0 / sqrt(${red.sum(`${2 * NB}u + ${n}`, 'r')} / f32(p.IN) + p.eps))` : '');
-  return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-${bias ? scalarLoad('bias', 5, bias) : ''}
-${norm ? normVecLoad('g', bias ? 6 : 5, norm) : ''}
-${red.decl}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  ${FLAT_WG}
-  let lane = lid % ${LANES}u;
-  let r = lid / ${LANES}u;
-  let row = wg * ${WARPS}u + r;
-  let K4 = p.IN / 4u;
-  ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
-  var acc: array<f32, ${norm ? 3 * NB : 2 * NB}>;
-  if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, 'x', !!norm)}
-  ${red.code}
-  if (lane != 0u || row >= p.I) { return; }
-  for (var n = 0u; n < ${NB}u; n++) {
-    if (n >= p.N) { break; }
-    let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
-    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
-    y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
-  }
-}`;
-}
-
-/** gate/up GEMV + SwiGLU, 'split': workgroup owns outputs 4 wg .. 4 wg + 3; warps 0-3 the gate rows, 4-7 the up rows */
 function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
   const inl = !!norm && NORM_MODE === 'inline';
-  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
   const np = norm && !inl ? normPrologue(NB, sg) : null;
-  const xs = np ? 'xs' : 'x';
-  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
-  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, xs, null, inl);
+  const red = warpSums(inl ? 3 * NB : 2 * NB, WARPS, sg);
+  const rs = (n: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${2 * NB}u + ${n}`, 'r')} / f32(p.IN) + p.eps))` : '');
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -198,20 +169,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${FLAT_WG}
   let lane = lid % ${LANES}u;
   let r = lid / ${LANES}u;
-  let row = wg * 4u + (r & 3u);
+  let row = wg * ${WARPS}u + r;
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
-  var acc: array<f32, ${inl ? 2 * NB : NB}>;
-  if (row < p.I) {
-    if (r < 4u) ${dot('wgate')} else ${dot('wup')}
-  }
+  var acc: array<f32, ${inl ? 3 * NB : 2 * NB}>;
+  if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, np ? 'xs' : 'x', inl)}
   ${red.code}
-  if (lane != 0u || r >= 4u || row >= p.I) { return; }
+  if (lane != 0u || row >= p.I) { return; }
   for (var n = 0u; n < ${NB}u; n++) {
     if (n >= p.N) { break; }
-    let g = ${red.sum('n', 'r')}${rs('n', 'r')}${bias ? ' + ld_bias(row)' : ''};
-    let u = ${red.sum('n', 'r + 4u')}${rs('n', 'r + 4u')}${bias ? ' + ld_bias(p.I + row)' : ''};
+    let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
     y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
   }
 }`;
@@ -222,13 +191,11 @@ export function gateUpGemv(
   y: GPUBuffer, N: number, NB: number, IN: number, I: number, norm: { g: GPUBuffer; dt: WDType; eps: number } | null = null,
 ): void {
   const nd = norm ? norm.dt : null;
-  const pairs = GATEUP_PAIRS && (!norm || NORM_MODE === 'inline');
-  const pl = ctx.pipeline(`gateup-swiglu:${pairs}:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}:norm${nd}`, () =>
-    (pairs ? gateUpPairsShader : gateUpShader)(NB, dt, bias ? bdt : null, ctx.sg, nd));
+  const pl = ctx.pipeline(`gateup-swiglu:${NB}:${dt}:${bias ? bdt : null}:sg${ctx.sg}:norm${nd}`, () => gateUpShader(NB, dt, bias ? bdt : null, ctx.sg, nd));
   const binds: Binding[] = [x, wg, wu, y];
   if (bias) binds.push(bias);
   if (norm) binds.push(norm.g);
-  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / (pairs ? WARPS : 4))));
+  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / WARPS)));
 }
 
 /**
