@@ -535,6 +535,26 @@ describe('webgpu backend', () => {
     }
   });
 
+  test("profiling 'pass': GPU time per compute pass, dispatches kept in one pass", async () => {
+    const pb = await createWebGPUBackend({ profile: 'pass' });
+    try {
+      const x = pb.fromF32(rand(3 * 64, 5), [3, 64]);
+      const w = pb.upload(fromF32(rand(40 * 64, 6), [40, 64], 'BF16'));
+      const want = await pb.read(pb.linear(x, w, null));
+      for (let i = 0; i < 70; i++) pb.dispose(pb.add(pb.linear(x, w, null), pb.linear(x, w, null))); // 210 dispatches
+      const rep = await pb.profileReport();
+      if (!pb.features.includes('timestamp-query')) return assert.equal(rep, null);
+      assert.ok(rep, 'a report');
+      // one entry for all passes: 210 dispatches in passes of at most 64 (FLUSH_EVERY), not one pass per dispatch
+      assert.equal(rep.length, 1, JSON.stringify(rep));
+      assert.equal(rep[0].kernel, 'compute pass (whole)');
+      assert.ok(rep[0].calls >= 4 && rep[0].calls <= 6 && rep[0].ms > 0, JSON.stringify(rep));
+      assert.deepEqual(await pb.read(pb.linear(x, w, null)), want);
+    } finally {
+      pb.destroy();
+    }
+  });
+
   test('device loss rejects pending reads instead of hanging', async () => {
     const other = await createWebGPUBackend();
     const t = other.fromF32(rand(16, 3), [16]);
