@@ -238,24 +238,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 /** sums: every split's m is the same (fixed max, gravity-pure), so the weights exp(m_s - max m) are all 1 */
 function combineShader(D: number, sums: boolean): string {
+  // 4 splits per step: their loads are issued together (the split count is a runtime value, so the compiler would
+  // not overlap one step's loads with the next); the adds stay in split order, as in a plain loop
+  const step = (body: string) => `for (var s0 = 0u; s0 < p.nsplit; s0 += 4u) {
+    var lv: array<f32, 4>;
+    var mv: array<f32, 4>;
+    var ov: array<f32, 4>;
+    for (var u = 0u; u < 4u; u++) {
+      let o = base + min(s0 + u, p.nsplit - 1u) * (D + 2u);
+      mv[u] = part[o + D];
+      lv[u] = part[o + D + 1u];
+      ov[u] = part[o + e % D];
+    }
+    for (var u = 0u; u < 4u; u++) {
+      if (s0 + u >= p.nsplit) { break; }
+      ${body}
+    }
+  }`;
   const merge = sums
     ? `var L = 0.0;
   var O = 0.0;
-  for (var s = 0u; s < p.nsplit; s++) {
-    let o = base + s * (D + 2u);
-    L += part[o + D + 1u];
-    O += part[o + e % D];
-  }`
+  ${step('L += lv[u]; O += ov[u];')}`
     : `var mx = -1.0e30;
   for (var s = 0u; s < p.nsplit; s++) { mx = max(mx, part[base + s * (D + 2u) + D]); }
   var L = 0.0;
   var O = 0.0;
-  for (var s = 0u; s < p.nsplit; s++) {
-    let o = base + s * (D + 2u);
-    let w = exp(part[o + D] - mx);
-    L += part[o + D + 1u] * w;
-    O += part[o + e % D] * w;
-  }`;
+  ${step('let w = exp(mv[u] - mx); L += lv[u] * w; O += ov[u] * w;')}`;
   return `struct P { n: u32, nsplit: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
