@@ -148,14 +148,9 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
 /**
  * gate/up GEMV + SwiGLU: workgroup owns outputs 8 wg .. 8 wg + 7; warp r reads the gate row and the up row of output
  * 8 wg + r, x loaded once for both and twice the loads in flight (on the H200 28.8 -> 24.9 µs against 4 warps on
- * gate rows and 4 on up rows, which the short 2048-wide rows left with too few bytes in flight).
+ * gate rows and 4 on up rows, which the short 2048-wide rows left with too few bytes in flight; two outputs per
+ * warp, to fit the 1376 workgroups in one wave, measured slower: 32.8 µs).
  */
-/**
- * Outputs per warp in the gate/up GEMV (GRAVITY_GATEUP_RPW to experiment): with one, Qwen2.5-3B's 11008 outputs make
- * 1376 workgroups, 1.3 waves of the H200's resident workgroups (the last wave a third full); two fit in one wave.
- */
-const GATEUP_RPW = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GATEUP_RPW) || 1);
-
 function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
   const inl = !!norm && NORM_MODE === 'inline';
   const np = norm && !inl ? normPrologue(NB, sg) : null;
@@ -178,20 +173,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
-  for (var j = 0u; j < ${GATEUP_RPW}u; j++) {
-    let row = (wg * ${WARPS}u + r) * ${GATEUP_RPW}u + j;
-    var acc = array<f32, ${inl ? 3 * NB : 2 * NB}>();   // explicit: some compilers keep a loop-scoped var across iterations
-    if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, np ? 'xs' : 'x', inl)}
-    ${red.code}
-    if (lane == 0u && row < p.I) {
-      for (var n = 0u; n < ${NB}u; n++) {
-        if (n >= p.N) { break; }
-        let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
-        let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
-        y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
-      }
-    }
-    ${GATEUP_RPW > 1 ? 'workgroupBarrier();   // the next output reuses the sums in red' : ''}
+  let row = wg * ${WARPS}u + r;
+  var acc: array<f32, ${inl ? 3 * NB : 2 * NB}>;
+  if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, np ? 'xs' : 'x', inl)}
+  ${red.code}
+  if (lane != 0u || row >= p.I) { return; }
+  for (var n = 0u; n < ${NB}u; n++) {
+    if (n >= p.N) { break; }
+    let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
+    y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
   }
 }`;
 }
@@ -205,7 +196,7 @@ export function gateUpGemv(
   const binds: Binding[] = [x, wg, wu, y];
   if (bias) binds.push(bias);
   if (norm) binds.push(norm.g);
-  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / (WARPS * GATEUP_RPW))));
+  ctx.dispatch(pl, new Params().u(IN, N, I).f(norm?.eps ?? 0), binds, ctx.grid(Math.ceil(I / WARPS)));
 }
 
 /**
