@@ -1,6 +1,7 @@
 /**
  * Decode-only paths of the WebGPU backend against references: the split-K GEMV over long rows (2 warps per row by
- * default) against a float64 product, and the GPU key mask against the CPU backend's attention.
+ * default) against a float64 product, the GPU key mask and split-K decode attention (1 to 7 splits) against the CPU
+ * backend's attention.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -70,5 +71,36 @@ test('the key mask on the GPU follows the host mask: whole uploads (> 4096 chang
     const want = await cpu.read(cpu.attention(cpu.fromF32(q, [1, Hq * D]), caches[1], 0, maxLen - 1, 1, p));
     const e = relErr(got, want);
     assert.ok(e <= 1e-5, `${what}: rel err ${e.toExponential(2)}`);
+  }
+});
+
+test('decode attention split-K over 1 to 7 splits (the combine reads 4 splits a step): gravity fixed and running max, dot', async () => {
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const cpu = createCpuBackend();
+  const Hq = 8, Hkv = 2, D = 32, maxLen = 240;
+  const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
+  const k = rand(maxLen * Hkv * D, 41, 0.5);
+  const v = rand(maxLen * Hkv * D, 42);
+  const caches = [be, cpu].map((b) => {
+    const c = b.createKVCache(1, 1, maxLen, Hkv, D);
+    b.writeKV(c, 0, b.fromF32(k, [maxLen, Hkv * D]), b.fromF32(v, [maxLen, Hkv * D]), 0, maxLen);
+    c.keyValid.fill(1);
+    c.keyValid[7] = 0;
+    return c;
+  });
+  const kinds: [string, ReturnType<typeof attentionParams>][] = [
+    ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
+    ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
+    ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
+  ];
+  // 32 keys a split: 20 keys is one split, 50 two, 90 three, 150 five, 220 seven
+  for (const keys of [20, 50, 90, 150, 220]) {
+    const q = rand(Hq * D, 43 + keys, 0.5);
+    for (const [what, p] of kinds) {
+      const got = await be.read(be.attention(be.fromF32(q, [1, Hq * D]), caches[0], 0, keys - 1, 1, p));
+      const want = await cpu.read(cpu.attention(cpu.fromF32(q, [1, Hq * D]), caches[1], 0, keys - 1, 1, p));
+      const e = relErr(got, want);
+      assert.ok(e <= 1e-5, `${what}, ${keys} keys: rel err ${e.toExponential(2)}`);
+    }
   }
 });
