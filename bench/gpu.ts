@@ -2,6 +2,8 @@
  * GPU benchmark (run on the GPU machine, after reference/bench_torch.py wrote the checkpoint and its timings):
  *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
  * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
+ * Decode also logs, per run, the wall time per token next to the host's recording time inside the stream;
+ * --profile-passes adds the GPU's busy time per token (pass timestamps), --lookahead N the greedyStream depth (3).
  *   node dist/bench/gpu.js --gemv [--dir /tmp/q3b]
  * times each decode GEMV shape (GPU time per call over 50 dependent calls in the stream: GB/s of weight bytes) and the
  * decode attention (gravity with the fixed max, gravity with the running max, dot), then exits. Shapes from --dir's config.json, else Qwen2.5-3B.
