@@ -47,6 +47,22 @@ test('generate: greedy --json reproduces the PyTorch greedy tokens (gravity and 
   }
 });
 
+test('generate --stats: prompt and decode speed on stderr, "timings" in --json; tokens unchanged', () => {
+  const g = expected.gravity_greedy;
+  const args = ['generate', '--model', FIX, '--prompt-ids', g.prompt.join(','), '--max-tokens', '16', '--temperature', '0', '--stats'];
+  const r = gravity([...args, '--json']);
+  assert.equal(r.code, 0, r.err);
+  const last = JSON.parse(r.out.trim().split('\n').at(-1)!);
+  assert.deepEqual([last.prompt_ids, last.output_ids], [g.prompt, g.tokens]);
+  assert.ok(last.timings.prefill_ms > 0 && last.timings.decode_ms > 0, JSON.stringify(last.timings));
+  const re = new RegExp(`^prompt ${g.prompt.length} tok, first token after [\\d.]+ ms \\([\\d.]+ tok/s\\); 16 tok generated, 15 decode steps in [\\d.]+ ms \\([\\d.]+ tok/s\\), length\\n$`);
+  assert.match(r.err, re);
+  const plain = gravity(args);
+  assert.equal(plain.code, 0, plain.err);
+  assert.equal(plain.out.trim(), g.tokens.join(' '));
+  assert.match(plain.err, re);
+});
+
 test('generate --device webgpu: the PyTorch greedy tokens; --int8-prefill runs there and is refused on the cpu', () => {
   const g = expected.gravity_greedy;
   const args = ['generate', '--model', FIX, '--prompt-ids', g.prompt.join(','), '--max-tokens', '16', '--temperature', '0', '--json'];

@@ -47,6 +47,11 @@ export interface GenerateResult {
   /** decoded output (special tokens skipped unless asked), cut before a stop string; absent without tokenizer */
   text?: string;
   finishReason: FinishReason;
+  /**
+   * Wall times: prefillMs from the call to the first output token (the prompt's forward pass and the first sample),
+   * decodeMs from there to the last token (outputIds.length - 1 decode steps).
+   */
+  timings: { prefillMs: number; decodeMs: number };
 }
 
 /** Rejects non-integers and ids outside [0, vocabSize) naming the first bad position. */
@@ -102,7 +107,9 @@ export async function* generateStream(
   const eos = new Set(opts.eosTokenIds ?? modelEos ?? cfg.eosTokenIds);
 
   const prompt = [...promptIds];
-  const result: GenerateResult = { promptIds: prompt, outputIds: [], finishReason: 'length' };
+  const t0 = performance.now();
+  let tFirst = -1;
+  const result: GenerateResult = { promptIds: prompt, outputIds: [], finishReason: 'length', timings: { prefillMs: 0, decodeMs: 0 } };
   if (maxTokens === 0) {
     if (tok) result.text = '';
     return result;
@@ -146,6 +153,9 @@ export async function* generateStream(
       }
       out.push(id);
       history.push(id);
+      const now = performance.now();
+      if (tFirst < 0) tFirst = now;
+      result.timings = { prefillMs: tFirst - t0, decodeMs: now - tFirst };
       let finish: FinishReason | null = null;
       if (eos.has(id)) finish = 'eos';
       else if (out.length >= maxTokens || history.length >= total) finish = 'length';
