@@ -176,5 +176,5 @@ test('bad input: out-of-vocabulary ids, empty prompt, stop without tokenizer, ba
   await assert.rejects(run(m(), [1], { maxTokens: -1 }), /max tokens/);
   assert.throws(() => checkTokenIds([0, 300], 256, 'input id'), /input id 300 at position 1/);
   const zero = await run(m(), [1], { maxTokens: 0, tokenizer: tok });
-  assert.deepEqual(zero.res, { promptIds: [1], outputIds: [], finishReason: 'length', text: '' });
+  assert.deepEqual(zero.res, { promptIds: [1], outputIds: [], finishReason: 'length', text: '', timings: { prefillMs: 0, decodeMs: 0 } });
 });
