@@ -104,3 +104,49 @@ test('decode attention split-K over 1 to 7 splits (the combine reads 4 splits a 
     }
   }
 });
+
+/** the CPU draw in float64: first id whose running sum of exp((x - max) / T) passes u * sum; also how close u was to a boundary */
+function drawRef(x: Float32Array, T: number, u: number): { id: number; margin: number } {
+  let max = -Infinity;
+  for (const v of x) max = Math.max(max, v);
+  const w = Array.from(x, (v) => Math.exp((v - max) / T));
+  const total = w.reduce((a, b) => a + b, 0);
+  const target = u * total;
+  let acc = 0;
+  for (let i = 0; i < w.length; i++) {
+    const prev = acc;
+    acc += w[i];
+    if (acc > target) return { id: i, margin: Math.min(target - prev, acc - target) / total };
+  }
+  return { id: w.length - 1, margin: 0 };
+}
+
+test('sampleDevice: temperature draws equal the float64 inverse-CDF draw for the same uniforms; NaN rows are an error', async () => {
+  const V = 5000; // 5 chunks of 1000: the draw crosses chunk boundaries
+  const R = 3;
+  const x = rand(R * V, 51, 3);
+  for (let i = 0; i < V; i += 7) x[V + i] = -Infinity; // row 1: -inf logits weigh 0
+  const xt = be.fromF32(x, [R, V]);
+  let checked = 0;
+  for (const T of [0.7, 1.5]) {
+    for (let k = 0; k < 40; k++) {
+      const u = Float32Array.from({ length: R }, (_, r) => ((k * 0.618034 + r * 0.25) % 1));
+      const ids = await be.readIds(be.sampleDevice(xt, T, u));
+      for (let r = 0; r < R; r++) {
+        const ref = drawRef(x.subarray(r * V, (r + 1) * V), T, u[r]);
+        if (ref.margin < 1e-5) continue; // within f32 rounding of a boundary: either side is a right answer
+        assert.equal(ids[r], ref.id, `T=${T} u=${u[r]} row ${r}`);
+        checked++;
+      }
+    }
+  }
+  assert.ok(checked > 200, `${checked} draws checked`);
+  // u = 0 takes the first token with a non-zero weight; u just below 1 the last
+  const y = be.fromF32(Float32Array.from([-Infinity, -1, 0.5, 2, -Infinity]), [1, 5]);
+  assert.deepEqual([...(await be.readIds(be.sampleDevice(y, 1, Float32Array.of(0))))], [1]);
+  assert.deepEqual([...(await be.readIds(be.sampleDevice(y, 1, Float32Array.of(0.99999994))))], [3]);
+  const bad = be.fromF32(Float32Array.from([0, NaN, 1, 2]), [1, 4]);
+  await assert.rejects(be.readIds(be.sampleDevice(bad, 1, Float32Array.of(0.5))), /NaN or infinity/);
+  assert.throws(() => be.sampleDevice(y, 0, Float32Array.of(0.5)), /temperature must be > 0/);
+  assert.throws(() => be.sampleDevice(y, 1, Float32Array.of(1)), /uniforms must be in \[0, 1\)/);
+});

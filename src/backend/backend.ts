@@ -92,6 +92,11 @@ export interface Backend {
    * read of it whose copy is queued at once, so the caller can record the next token while it completes.
    */
   argmaxDevice?(x: Tensor): Tensor;
+  /**
+   * Like argmaxDevice, a temperature draw instead: row r's token is the first id whose running sum of
+   * exp((x - max) / temperature) passes u[r] * (the row's sum), u[r] in [0, 1) from the caller's generator.
+   */
+  sampleDevice?(x: Tensor, temperature: number, u: Float32Array): Tensor;
   embeddingDevice?(ids: Tensor, table: Tensor): Tensor;
   readIds?(ids: Tensor): Promise<Int32Array>;
 

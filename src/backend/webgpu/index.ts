@@ -13,6 +13,7 @@ import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
 import { GEMV_MAX_N, gemvBucket, linearKernel } from './linear.js';
 import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
+import { sampleKernel } from './sample.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
@@ -386,6 +387,19 @@ export class WebGPUBackend implements Backend {
     const R = numel(t.shape) / V;
     const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'argmax ids'), R * 4, true);
     argmaxKernel(this.ctx, t.buf, out.buf, R, V);
+    return out;
+  }
+
+  /** temperature draws of each row of x [R, V] (sample.ts) as an I32 tensor [R] on the GPU (-1 for a non-finite row) */
+  sampleDevice(x: Tensor, temperature: number, u: Float32Array): Tensor {
+    const t = needF32(x, 'sampleDevice', 'x');
+    const V = t.shape[t.shape.length - 1];
+    const R = numel(t.shape) / V;
+    if (!(temperature > 0 && Number.isFinite(temperature))) throw new GravityError(`sampleDevice: temperature must be > 0, got ${temperature}`);
+    if (u.length !== R) throw new GravityError(`sampleDevice: ${u.length} uniforms for ${R} rows`);
+    for (const v of u) if (!(v >= 0 && v < 1)) throw new GravityError(`sampleDevice: uniforms must be in [0, 1), got ${v}`);
+    const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'sampled ids'), R * 4, true);
+    sampleKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, u);
     return out;
   }
 
