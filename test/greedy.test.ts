@@ -84,6 +84,30 @@ function checkBackend(label: string, make: () => Promise<CausalLM>, nanMasses: b
       assert.deepEqual(c.outputIds, g.tokens.slice(0, 5));
     });
 
+    test('sampleStream: generate() at temperature > 0 gives the host loop\'s tokens for a seed; stopping rolls back', async () => {
+      const g = loadExpected(NAME).meta.gravity_greedy;
+      for (const [seed, temperature] of [[1, 0.8], [2, 1.3], [3, 0.5]] as const) {
+        const a = await generate(m, g.prompt, { temperature, seed, maxTokens: 16 });
+        const b = await generate(m, g.prompt, { temperature, seed, maxTokens: 16, noDeviceGreedy: true });
+        assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, temperature ${temperature}`);
+      }
+      // a seed's draws are not all the greedy token (the stream really samples)
+      const many = await generate(m, g.prompt, { temperature: 2, seed: 9, maxTokens: 16 });
+      assert.notDeepEqual(many.outputIds, g.tokens.slice(0, 16));
+      // stop after 5 of lookahead 3: the session holds prompt + 4 fed tokens, as a step loop would
+      const s = m.newSession(1, 64);
+      await m.forward(s, [g.prompt]);
+      let u = 0;
+      const it = m.sampleStream!(s, [g.tokens[0]], 1, () => (u = (u + 0.37) % 1), 3);
+      const got: number[] = [];
+      for (let i = 0; i < 5; i++) got.push((await it.next()).value![0]);
+      await it.return();
+      assert.equal(s.cache.length, g.prompt.length + 5);
+      assert.equal(s.positions[0], g.prompt.length + 5);
+      m.closeSession(s);
+      assert.throws(() => m.sampleStream!(m.newSession(1, 8), [1], 0, () => 0.5), /temperature must be > 0/);
+    });
+
     // (the GPU kernels' NaN propagation is the hardware's min/max semantics; the op test below covers the GPU check)
     if (nanMasses) test('non-finite logits stop greedy decoding with an error', async () => {
       const g = loadExpected(NAME).meta.gravity_greedy;

@@ -27,7 +27,10 @@ export interface GenerateOptions extends SamplingOptions {
   maxContext?: number;
   /** prompt tokens per forward call while prefilling, bounding activation memory (default 512) */
   prefillChunk?: number;
-  /** greedy decoding reads every token's logits to the host, as sampling does, instead of the model's greedyStream */
+  /**
+   * greedy decoding and plain temperature sampling read every token's logits to the host instead of decoding on the
+   * device (the model's greedyStream / sampleStream)
+   */
   noDeviceGreedy?: boolean;
   /** called for every generated token (the callback form of generateStream) */
   onToken?: (t: GeneratedToken) => void;
@@ -132,9 +135,12 @@ export async function* generateStream(
       logits = await model.forward(session, [prompt.slice(s, s + prefillChunk)], { logits: 'last' });
     }
     let row: Float32Array | null = readRow(logits!);
-    // greedy without penalties: the model may keep decoding on the device a few tokens ahead (no logits readback)
+    // greedy, or plain temperature sampling, without penalties: the model may keep decoding on the device a few
+    // tokens ahead (no logits readback); sampling draws the same uniforms from the sampler's generator, in order
     const o = sampler.options;
-    const onDevice = o.temperature === 0 && o.repetitionPenalty === 1 && !!model.greedyStream && !opts.noDeviceGreedy;
+    const plain = o.repetitionPenalty === 1 && !opts.noDeviceGreedy;
+    const onDevice = plain && o.temperature === 0 && !!model.greedyStream;
+    const sampleOnDevice = plain && o.temperature > 0 && o.topK === 0 && o.topP === 1 && o.minP === 0 && !!model.sampleStream;
 
     const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
     const history = prompt.slice();
@@ -195,6 +201,9 @@ export async function* generateStream(
       }
       if (onDevice) {
         greedy ??= model.greedyStream!(session, [id]);
+        row = null;
+      } else if (sampleOnDevice) {
+        greedy ??= model.sampleStream!(session, [id], o.temperature, () => sampler.rng.next());
         row = null;
       } else row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
     }

@@ -252,6 +252,24 @@ export function sample(
   return ids[ids.length - 1]; // rounding left a sliver of u
 }
 
+/**
+ * The plain temperature draw (no top-k / top-p / min-p / penalty) for a given uniform u in [0, 1): the first id whose
+ * running sum of exp((x - max) / temperature) passes u * sum, in float64. What `sample` draws with those options and
+ * rng.next() = u, and what a GPU backend's sampleDevice computes in f32.
+ */
+export function drawToken(logits: Float32Array, temperature: number, u: number): number {
+  checkFinite(logits);
+  const { ids, weights } = candidates(logits, { temperature, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 });
+  let total = 0;
+  for (let j = 0; j < weights.length; j++) total += weights[j];
+  let r = u * total;
+  for (let j = 0; j < ids.length; j++) {
+    r -= weights[j];
+    if (r < 0) return ids[j];
+  }
+  return ids[ids.length - 1];
+}
+
 /** Stateful convenience: validated options + its own rng. */
 export class Sampler {
   readonly options: Required<SamplingOptions>;

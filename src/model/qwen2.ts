@@ -10,6 +10,7 @@ import type { HostTensor } from '../tensor/dtype.js';
 import { attentionParams } from '../attention/registry.js';
 import type { ModelConfig } from './config.js';
 import type { CausalLM, ForwardOptions, Session } from './types.js';
+import { drawToken } from '../generate/sampling.js';
 
 export interface LayerWeights {
   inputNorm: Tensor; // [C]
@@ -166,19 +167,49 @@ export class Qwen2Model implements CausalLM {
    * When the caller stops (return()), the session is rolled back to exactly what a step-by-step loop would hold:
    * `first` and every yielded id but the last, fed; the steps computed ahead are forgotten.
    */
-  async *greedyStream(session: Session, first: readonly number[], lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+  greedyStream(session: Session, first: readonly number[], lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+    const be = this.backend;
+    const pick = be.argmaxDevice ? (logits: Tensor) => be.argmaxDevice!(logits) : null;
+    return this.deviceStream(session, first, 'greedyStream', pick, async (ids) => Int32Array.from(await this.forward(session, ids, { logits: 'argmax' })), lookahead);
+  }
+
+  /**
+   * Temperature sampling kept on the device, as greedyStream: each step's token of row b is the draw of
+   * sampleDevice with u = random() (one call per row and step, in step order, also for the steps computed ahead).
+   * Without device sampling, the logits come to the host and the same draw is made there.
+   */
+  sampleStream(session: Session, first: readonly number[], temperature: number, random: () => number, lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+    const be = this.backend;
+    if (!(temperature > 0 && Number.isFinite(temperature))) fail(`sampleStream: temperature must be > 0, got ${temperature}`);
+    const B = session.batch;
+    const draws = () => Array.from({ length: B }, random);
+    // the device takes f32 uniforms, kept below 1 (the host path uses the float64 draws as the CPU sampler does)
+    const pick = be.sampleDevice ? (logits: Tensor) => be.sampleDevice!(logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994))) : null;
+    const host = async (ids: number[][]) => {
+      const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
+      const V = this.config.vocabSize;
+      const u = draws();
+      return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, u[b]));
+    };
+    return this.deviceStream(session, first, 'sampleStream', pick, host, lookahead);
+  }
+
+  private async *deviceStream(
+    session: Session, first: readonly number[], what: string, pick: ((logits: Tensor) => Tensor) | null,
+    host: (ids: number[][]) => Promise<Int32Array>, lookahead: number,
+  ): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
     const B = session.batch;
-    if (first.length !== B) fail(`greedyStream: ${first.length} tokens given to a session of batch ${B}`);
+    if (first.length !== B) fail(`${what}: ${first.length} tokens given to a session of batch ${B}`);
     const cache = session.cache;
     const start0 = cache.length;
     const pos0 = session.positions.slice();
     let consumed = 0;
-    if (!be.argmaxDevice || !be.embeddingDevice || !be.readIds) {
+    if (!pick || !be.embeddingDevice || !be.readIds) {
       try {
-        let ids = Int32Array.from(first);
+        let ids: Int32Array = Int32Array.from(first);
         for (;;) {
-          ids = Int32Array.from(await this.forward(session, [...ids].map((t) => [t]), { logits: 'argmax' }));
+          ids = await host([...ids].map((t) => [t]));
           consumed++;
           yield ids;
         }
@@ -192,7 +223,7 @@ export class Qwen2Model implements CausalLM {
       for (;;) {
         if (cache.length < session.maxLen) {
           const fed: number[][] | Tensor = idT ?? first.map((t) => [t]);
-          const next = await this.deviceStep(session, fed);
+          const next = await this.deviceStep(session, fed, pick);
           if (idT) be.dispose(idT); // the pool hands it out again only to work recorded after this step's read
           idT = next;
           const p = be.readIds(next);
@@ -216,7 +247,7 @@ export class Qwen2Model implements CausalLM {
   }
 
   /** one decode step whose input ids are host ids or the device tensor of the previous step; returns its argmax tensor */
-  private async deviceStep(session: Session, ids: number[][] | Tensor): Promise<Tensor> {
+  private async deviceStep(session: Session, ids: number[][] | Tensor, pick: (logits: Tensor) => Tensor): Promise<Tensor> {
     const be = this.backend;
     const B = session.batch;
     const cache = session.cache;
@@ -229,7 +260,7 @@ export class Qwen2Model implements CausalLM {
     const x0 = Array.isArray(ids) ? be.embedding(Int32Array.from(ids, (r) => r[0]), this.weights.embed) : be.embeddingDevice!(ids, this.weights.embed);
     const x = await this.layers(x0, pos, session, start, 1, {}); // [B, C]
     const logits = this.head(x); // [B, V]
-    const next = be.argmaxDevice!(logits); // [B] on the device
+    const next = pick(logits); // [B] on the device
     be.dispose(logits);
     return next;
   }

@@ -42,5 +42,7 @@ export interface CausalLM {
    * on the device; stopping the iteration leaves the session as a step-by-step loop would (see model/qwen2.ts).
    */
   greedyStream?(session: Session, first: readonly number[], lookahead?: number): AsyncGenerator<Int32Array, void, void>;
+  /** The same for temperature sampling: a token per row and step drawn with u = random() (see model/qwen2.ts). */
+  sampleStream?(session: Session, first: readonly number[], temperature: number, random: () => number, lookahead?: number): AsyncGenerator<Int32Array, void, void>;
   dispose(): void;
 }
