@@ -2,7 +2,8 @@
  * GPU benchmark (run on the GPU machine, after reference/bench_torch.py wrote the checkpoint and its timings):
  *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
  * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
- * Decode also logs, per run, the wall time per token next to the host's recording time inside the stream;
+ * Decode: greedy (greedyStream), sampled at temperature 0.7 (sampleStream) and the step loop with a logits readback per
+ * token; it also logs, per run, the wall time per token next to the host's recording time inside the stream;
  * --profile-passes adds the GPU's busy time per token (pass timestamps), --lookahead N the greedyStream depth (3).
  *   node dist/bench/gpu.js --gemv [--dir /tmp/q3b]
  * times each decode GEMV shape (GPU time per call over 50 dependent calls in the stream: GB/s of weight bytes) and the
@@ -232,7 +233,7 @@ if (values.dir) {
   const best: Record<string, number> = {};
   for (const kind of ['gravity', 'dot', 'dot', 'gravity'] as AttentionKind[]) {
     model.attention = kind;
-    const s = model.newSession(1, 512 + 2 * nDec + 20);
+    const s = model.newSession(1, 512 + 3 * nDec + 40);
     // greedy: the backend's argmax (only the token id is read back, as a generation loop would)
     let tok = (await model.forward(s, [ids(512, 3)], { logits: 'argmax' }))[0];
     // two untimed tokens: the decode kernels' pipelines are compiled at their first dispatch
@@ -275,10 +276,18 @@ if (values.dir) {
       log(`${kind}: greedyStream ${wallMs.toFixed(3)} ms/token wall, GPU busy ${busy.toFixed(3)} ms/token (pass timestamps)`);
     }
     await it.return();
+    // what generate() does for plain temperature sampling: sampleStream, the draws made on the device
+    let u = 0;
+    const st = model.sampleStream!(s, [tok], 0.7, () => (u = (u + 0.618034) % 1), Number(values.lookahead));
+    for (let i = 0; i < 3; i++) await st.next();
+    t = performance.now();
+    for (let i = 0; i < nDec; i++) await st.next();
+    best[`${kind} sampled`] = Math.max(best[`${kind} sampled`] ?? 0, nDec / ((performance.now() - t) / 1000));
+    await st.return();
     model.closeSession(s);
     await profile(`prefill 512 + decode ${nDec} (${kind})`);
   }
-  for (const kind of ['gravity', 'dot', 'gravity step loop', 'dot step loop']) {
+  for (const kind of ['gravity', 'dot', 'gravity sampled', 'dot sampled', 'gravity step loop', 'dot step loop']) {
     const tps = best[kind];
     const pt = torch?.decode_tok_s ?? null;
     const roof = bw / weightBytes;
