@@ -45,19 +45,25 @@ test('GEMV over long rows (split-K: 2 warps a row by default, GRAVITY_GEMV_KSPLI
   }
 });
 
-test('the key mask on the GPU follows the host mask: whole uploads (> 4096 changed slots) and scattered slots', async () => {
+/** the same random K/V (seeds s, s + 1) in a one-layer cache of each backend: [webgpu, cpu] */
+async function twinCaches(Hkv: number, D: number, maxLen: number, seed: number) {
   const { createCpuBackend } = await import('../src/backend/cpu/index.js');
   const cpu = createCpuBackend();
-  const Hq = 4, Hkv = 2, D = 16, maxLen = 4300;
-  const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
-  const k = rand(maxLen * Hkv * D, 31, 0.5);
-  const v = rand(maxLen * Hkv * D, 32);
-  const q = rand(Hq * D, 33, 0.5);
+  const k = rand(maxLen * Hkv * D, seed, 0.5);
+  const v = rand(maxLen * Hkv * D, seed + 1);
   const caches = [be, cpu].map((b) => {
     const c = b.createKVCache(1, 1, maxLen, Hkv, D);
     b.writeKV(c, 0, b.fromF32(k, [maxLen, Hkv * D]), b.fromF32(v, [maxLen, Hkv * D]), 0, maxLen);
     return c;
   });
+  return { cpu, caches };
+}
+
+test('the key mask on the GPU follows the host mask: whole uploads (> 4096 changed slots) and scattered slots', async () => {
+  const Hq = 4, Hkv = 2, D = 16, maxLen = 4300;
+  const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
+  const { cpu, caches } = await twinCaches(Hkv, D, maxLen, 31);
+  const q = rand(Hq * D, 33, 0.5);
   const p = attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1);
   const steps: [string, (m: Uint8Array) => void][] = [
     ['all 4300 slots valid (a whole upload)', (m) => m.fill(1)],
@@ -75,19 +81,13 @@ test('the key mask on the GPU follows the host mask: whole uploads (> 4096 chang
 });
 
 test('decode attention split-K over 1 to 7 splits (the combine reads 4 splits a step): gravity fixed and running max, dot', async () => {
-  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
-  const cpu = createCpuBackend();
   const Hq = 8, Hkv = 2, D = 32, maxLen = 240;
   const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
-  const k = rand(maxLen * Hkv * D, 41, 0.5);
-  const v = rand(maxLen * Hkv * D, 42);
-  const caches = [be, cpu].map((b) => {
-    const c = b.createKVCache(1, 1, maxLen, Hkv, D);
-    b.writeKV(c, 0, b.fromF32(k, [maxLen, Hkv * D]), b.fromF32(v, [maxLen, Hkv * D]), 0, maxLen);
+  const { cpu, caches } = await twinCaches(Hkv, D, maxLen, 41);
+  for (const c of caches) {
     c.keyValid.fill(1);
     c.keyValid[7] = 0;
-    return c;
-  });
+  }
   const kinds: [string, ReturnType<typeof attentionParams>][] = [
     ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
     ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
