@@ -17,7 +17,7 @@
  * multiplies after the dot instead of before, ~1e-7 relative).
  */
 import { Params, type Binding, type GpuContext } from './context.js';
-import { FLAT_WG, NORM_MODE, NORM_STAGE_CAP, enableSubgroups, gemvDotBody, gemvDotMulti, normPrologue, normVecLoad, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, NORM_MODE, NORM_STAGE_CAP, enableSubgroups, gemvDot, normPrologue, normVecLoad, scalarLoad, vectorLoad, warpSums, type WDType } from './wgsl.js';
 import { UNROLL } from './linear.js';
 
 const LANES = 32;
@@ -30,18 +30,21 @@ export function fusedGemvFits(IN: number, dt: WDType): boolean {
 }
 
 /**
- * The pieces of a one-row-per-warp GEMV shader that depend on how an RMSNorm of x is applied (NORM_MODE): the warp
- * sums (NB dot products, plus NB sums of x² when inline), the staging prologue (stage), `rs(n, w)`, warp w's factor
- * 1/rms of row n to multiply its sum by (inline; acc[NB + n] summed x² of the same row, every warp read all of x), and
- * `dot(w)`, the dot loop over weight matrix w.
+ * The pieces of a one-row-per-warp GEMV shader over M weight matrices read together that depend on how an RMSNorm of
+ * x is applied (NORM_MODE): `accN` accumulators per thread (M * NB dot products, plus NB sums of x² when inline) and
+ * their warp sums `red`, the norm weight's declaration `gDecl(binding)`, the staging prologue `np` (stage),
+ * `rs(n, w)`, warp w's factor 1/rms of row n to multiply its sums by (inline: acc[M * NB + n] summed x² of the same
+ * row, every warp read all of x), and `dot(ws)`, the dot loop over the M matrices `ws`.
  */
-function normPlan(NB: number, dt: WDType, sg: number, norm: WDType | null) {
+function normPlan(NB: number, dt: WDType, sg: number, norm: WDType | null, M: number) {
   const inl = !!norm && NORM_MODE === 'inline';
-  const red = warpSums(inl ? 2 * NB : NB, WARPS, sg);
+  const accN = (inl ? M + 1 : M) * NB;
+  const red = warpSums(accN, WARPS, sg);
   const np = norm && !inl ? normPrologue(NB, sg) : null;
-  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
-  const dot = (wn: string) => gemvDotBody(wn, dt, NB, UNROLL, np ? 'xs' : 'x', null, inl);
-  return { inl, red, np, rs, dot };
+  const gDecl = (binding: number) => (!norm ? '' : inl ? normVecLoad('g', binding, norm) : scalarLoad('g', binding, norm));
+  const rs = (n: string, w: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${M * NB}u + ${n}`, w)} / f32(p.IN) + p.eps))` : '');
+  const dot = (ws: string[]) => gemvDot(ws, dt, NB, UNROLL, np ? 'xs' : 'x', inl);
+  return { accN, red, np, gDecl, rs, dot };
 }
 
 /**
@@ -52,7 +55,7 @@ function normPlan(NB: number, dt: WDType, sg: number, norm: WDType | null) {
 function qkvShader(NB: number, dt: WDType, bias: WDType | null, D: number, sg: number, norm: WDType | null): string {
   const half = D / 2;
   const b = (i: string) => (bias ? ` + ld_bias(${i})` : '');
-  const { inl, red, np, rs, dot } = normPlan(NB, dt, sg, norm);
+  const { accN, red, np, gDecl, rs, dot } = normPlan(NB, dt, sg, norm, 1);
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, Rq: u32, Rk: u32, T: u32, maxLen: u32, start: u32, Hkv: u32, vOff: u32, groups: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -61,7 +64,7 @@ ${vectorLoad('wq', 2, dt)}${vectorLoad('wk', 3, dt)}${vectorLoad('wv', 4, dt)}
 @group(0) @binding(6) var<storage, read_write> q: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kv: array<f32>;
 ${bias ? scalarLoad('bias', 8, bias) : ''}
-${norm ? (inl ? normVecLoad('g', bias ? 9 : 8, norm) : scalarLoad('g', bias ? 9 : 8, norm)) : ''}
+${gDecl(bias ? 9 : 8)}
 ${np ? np.decl : ''}
 const D = ${D}u;
 const HALF = ${half}u;
@@ -82,8 +85,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let K4 = p.IN / 4u;
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
-  var acc: array<f32, ${inl ? 2 * NB : NB}>;
-  if (seg == 0u) ${dot('wq')} else if (seg == 1u) ${dot('wk')} else ${dot('wv')}
+  var acc: array<f32, ${accN}>;
+  if (seg == 0u) ${dot(['wq'])} else if (seg == 1u) ${dot(['wk'])} else ${dot(['wv'])}
   ${red.code}
   if (lane != 0u) { return; }
   let bo = select(select(0u, p.Rq, seg == 1u), p.Rq + p.Rk, seg == 2u);   // bias offset of the segment
@@ -152,17 +155,14 @@ export function qkvRopeGemv(ctx: GpuContext, a: QKVArgs, NB: number): void {
  * warp, to fit the 1376 workgroups in one wave, measured slower: 32.8 µs).
  */
 function gateUpShader(NB: number, dt: WDType, bias: WDType | null, sg: number, norm: WDType | null): string {
-  const inl = !!norm && NORM_MODE === 'inline';
-  const np = norm && !inl ? normPrologue(NB, sg) : null;
-  const red = warpSums(inl ? 3 * NB : 2 * NB, WARPS, sg);
-  const rs = (n: string) => (inl ? ` * (1.0 / sqrt(${red.sum(`${2 * NB}u + ${n}`, 'r')} / f32(p.IN) + p.eps))` : '');
+  const { accN, red, np, gDecl, rs, dot } = normPlan(NB, dt, sg, norm, 2);
   return `${enableSubgroups(sg)}struct P { IN: u32, N: u32, I: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${vectorLoad('wgate', 2, dt)}${vectorLoad('wup', 3, dt)}
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 ${bias ? scalarLoad('bias', 5, bias) : ''}
-${norm ? (inl ? normVecLoad('g', bias ? 6 : 5, norm) : scalarLoad('g', bias ? 6 : 5, norm)) : ''}
+${gDecl(bias ? 6 : 5)}
 ${np ? np.decl : ''}
 ${red.decl}
 @compute @workgroup_size(${WG})
@@ -174,14 +174,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
   ${np ? np.code : ''}
   let row = wg * ${WARPS}u + r;
-  var acc: array<f32, ${inl ? 3 * NB : 2 * NB}>;
-  if (row < p.I) ${gemvDotMulti(['wgate', 'wup'], dt, NB, UNROLL, np ? 'xs' : 'x', inl)}
+  var acc: array<f32, ${accN}>;
+  if (row < p.I) ${dot(['wgate', 'wup'])}
   ${red.code}
   if (lane != 0u || row >= p.I) { return; }
   for (var n = 0u; n < ${NB}u; n++) {
     if (n >= p.N) { break; }
-    let g = ${red.sum('n', 'r')}${rs('n')}${bias ? ' + ld_bias(row)' : ''};
-    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n')}${bias ? ' + ld_bias(p.I + row)' : ''};
+    let g = ${red.sum('n', 'r')}${rs('n', 'r')}${bias ? ' + ld_bias(row)' : ''};
+    let u = ${red.sum(`${NB}u + n`, 'r')}${rs('n', 'r')}${bias ? ' + ld_bias(p.I + row)' : ''};
     y[n * p.I + row] = g / (1.0 + exp(-g)) * u;
   }
 }`;

@@ -23,7 +23,7 @@
  */
 import { GravityError } from '../../errors.js';
 import { Params, type GpuContext } from './context.js';
-import { scalarLoad, vecWidth, type WDType } from './wgsl.js';
+import { scalarLoad, tileProduct, vecWidth, type WDType } from './wgsl.js';
 
 export interface GemmConfig {
   /** output tile rows (of x) and columns (rows of w) */
@@ -327,18 +327,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       Bs[si / 4u][si % 4u] = bv;
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < ${LTK}u; kk++) {
-      var a: array<vec4<f32>, ${MT / 4}>;
-      var b: array<vec4<f32>, ${MT / 4}>;
-      for (var q = 0u; q < ${MT / 4}u; q++) {
-        a[q] = As[kk * ${TM / 4}u + ty * ${MT / 4}u + q];
-        b[q] = Bs[kk * ${TM / 4}u + tx * ${MT / 4}u + q];
-      }
-      for (var i = 0u; i < ${MT}u; i++) {
-        let ai = a[i / 4u][i % 4u];
-        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] = fma(ai, b[j / 4u][j % 4u], acc[i][j]); }
-      }
-    }
+    ${tileProduct('f32', LTK, MT, TM, (c, a, b) => `${c} = fma(${a}, ${b}, ${c});`)}
     workgroupBarrier();
   }
   for (var i = 0u; i < ${MT}u; i++) {

@@ -13,7 +13,7 @@
  */
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
-import { FLAT_WG, scalarLoad, type WDType } from './wgsl.js';
+import { FLAT_WG, scalarLoad, tileProduct, type WDType } from './wgsl.js';
 
 /** bytes (int8 values) per packed row are a multiple of this: any BK in {32, 64, 128} divides it */
 export const KPAD = 128;
@@ -210,18 +210,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < ${TKW}u; kk++) {
-      var a: array<vec4<u32>, ${MT / 4}>;
-      var b: array<vec4<u32>, ${MT / 4}>;
-      for (var q = 0u; q < ${MT / 4}u; q++) {
-        a[q] = As[kk * ${TM / 4}u + ty * ${MT / 4}u + q];
-        b[q] = Bs[kk * ${TM / 4}u + tx * ${MT / 4}u + q];
-      }
-      for (var i = 0u; i < ${MT}u; i++) {
-        let ai = a[i / 4u][i % 4u];
-        for (var j = 0u; j < ${MT}u; j++) { acc[i][j] += dot4I8Packed(ai, b[j / 4u][j % 4u]); }
-      }
-    }
+    ${tileProduct('u32', TKW, MT, TM, (c, a, b) => `${c} += dot4I8Packed(${a}, ${b});`)}
     workgroupBarrier();
   }
   for (var i = 0u; i < ${MT}u; i++) {

@@ -10,7 +10,7 @@
  * GEMM (prefill, N > GEMV_MAX_N): gemm.ts.
  */
 import { Params, type GpuContext } from './context.js';
-import { FLAT_WG, enableSubgroups, gemvDotBody, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
+import { FLAT_WG, enableSubgroups, gemvDot, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
 import { gemmKernel } from './gemm.js';
 
 export const GEMV_MAX_N = 8;
@@ -46,7 +46,7 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
     ${KS > 1 ? `let kchunk = ((${KV} + ${KS * 32 - 1}u) / ${KS * 32}u) * 32u;` : ''}
-    ${gemvDotBody('w', dt, N, UNROLL, 'x', range)}`
+    ${gemvDot(['w'], dt, N, UNROLL, 'x', false, range)}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }

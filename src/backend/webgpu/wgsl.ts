@@ -102,56 +102,20 @@ export function warpSums(NB: number, warps: number, sg: number): { decl: string;
 }
 
 /**
- * One warp's dot products of weight row `row` (binding `w`, see vectorLoad) with the N rows of x (array<vec4<f32>>,
- * row length K4 = IN/4 vec4), accumulated into acc[0..NB). The caller defines row, lane, K4 (and K8 for 16-bit
- * weights). UNROLL independent 16-byte loads per lane are issued before any arithmetic (more bytes in flight per
- * warp: a row of 2048 bf16 is one step of 8 x 32 loads); the last partial step is one guarded unrolled step, not a
+ * One warp's dot products of weight row `row` of each matrix in `ws` (bindings, see vectorLoad; all of one shape)
+ * with the N rows of x (array<vec4<f32>>, row length K4 = IN/4 vec4): matrix j accumulates into acc[j * NB + n]. The
+ * caller defines row, lane, K4 (and K8 for 16-bit weights). UNROLL independent 16-byte loads per lane and matrix are
+ * issued before any arithmetic (more bytes in flight per warp: a row of 2048 bf16 is one step of 8 x 32 loads), and
+ * each lane's x vectors are loaded once for all matrices; the last partial step is one guarded unrolled step, not a
  * serial loop of single loads.
+ * norm: x is the residual stream; the dot takes x * g (gv4, see normVecLoad) and acc[M * NB + n] (M = ws.length)
+ * collects sum(x²) of the same elements, so the caller scales by 1/rms after the reduction (no staging, no barrier
+ * before the loads).
+ * range: the warp takes only the part [from, to) of the row (split-K GEMV); the caller sums the parts.
  */
-export function gemvDotBody(
-  w: string, dt: WDType, NB: number, unroll: number, x = 'x', range: { from: string; to: string } | null = null, norm = false,
+export function gemvDot(
+  ws: string[], dt: WDType, NB: number, unroll: number, x = 'x', norm = false, range: { from: string; to: string } | null = null,
 ): string {
-  const guard = NB === 1 ? '' : 'if (n < p.N) ';
-  const f32 = dt === 'F32';
-  const KV = f32 ? 'K4' : 'K8';
-  // norm: x is the residual stream; the dot takes x * g (gv4, see normVecLoad) and acc[NB + n] collects sum(x²) of
-  // the same elements, so the caller scales by 1/rms after the reduction (no staging, no barrier before the loads)
-  const accum = (u: number) =>
-    f32
-      ? norm
-        ? `{ let gw = gv4(k${u}); for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xv = ${x}[n * K4 + k${u}]; acc[n] += dot(w${u}, xv * gw); acc[${NB}u + n] += dot(xv, xv); } } }`
-        : `for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(w${u}, ${x}[n * K4 + k${u}]); } }`
-      : norm
-        ? `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u}); let ga = gv4(2u * k${u}); let gb = gv4(2u * k${u} + 1u);
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xa = ${x}[n * K4 + 2u * k${u}]; let xb = ${x}[n * K4 + 2u * k${u} + 1u];
-          acc[n] += dot(a, xa * ga) + dot(b, xb * gb); acc[${NB}u + n] += dot(xa, xa) + dot(xb, xb); } } }`
-        : `{ let a = lo_${w}(w${u}); let b = hi_${w}(w${u});
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ acc[n] += dot(a, ${x}[n * K4 + 2u * k${u}]) + dot(b, ${x}[n * K4 + 2u * k${u} + 1u]); } } }`;
-  const U = Array.from({ length: unroll }, (_, u) => u);
-  const zero = f32 ? 'vec4<f32>()' : 'vec4<u32>()';
-  // a warp may take only the part [from, to) of the row (split-K GEMV); the caller sums the parts
-  const end = range ? range.to : KV;
-  return `{
-    let base = row * ${KV};
-    var k = ${range ? `${range.from} + ` : ''}lane;
-    for (; k + ${(unroll - 1) * 32}u < ${end}; k += ${unroll * 32}u) {
-      ${U.map((u) => `let k${u} = k + ${u * 32}u; let w${u} = ${w}[base + k${u}];`).join('\n      ')}
-      ${U.map(accum).join('\n      ')}
-    }
-    for (; k < ${end}; k += 32u) {
-      let k0 = k;
-      let w0 = ${w}[base + k];
-      ${accum(0)}
-    }
-  }`;
-}
-
-/**
- * gemvDotBody for several weight matrices of the same shape at once (row `row` of each): matrix j accumulates into
- * acc[j * NB + n], and with `norm` acc[M * NB + n] sums x² (M = ws.length). Each lane's x vectors are loaded once for
- * all M rows and the M rows' loads are in flight together, which short rows (few steps per warp) need.
- */
-export function gemvDotMulti(ws: string[], dt: WDType, NB: number, unroll: number, x = 'x', norm = false): string {
   const M = ws.length;
   const guard = NB === 1 ? '' : 'if (n < p.N) ';
   const f32 = dt === 'F32';
@@ -172,14 +136,15 @@ export function gemvDotMulti(ws: string[], dt: WDType, NB: number, unroll: numbe
           ${norm ? `acc[${M * NB}u + n] += dot(xa0, xa0) + dot(xb0, xb0);` : ''} } } }`;
   };
   const loads = (u: number) => J.map((j) => `let w${u}_${j} = ${ws[j]}[base + k${u}];`).join(' ');
+  const end = range ? range.to : KV;
   return `{
     let base = row * ${KV};
-    var k = lane;
-    for (; k + ${(unroll - 1) * 32}u < ${KV}; k += ${unroll * 32}u) {
+    var k = ${range ? `${range.from} + ` : ''}lane;
+    for (; k + ${(unroll - 1) * 32}u < ${end}; k += ${unroll * 32}u) {
       ${U.map((u) => `let k${u} = k + ${u * 32}u; ${loads(u)}`).join('\n      ')}
       ${U.map(accum).join('\n      ')}
     }
-    for (; k < ${KV}; k += 32u) {
+    for (; k < ${end}; k += 32u) {
       let k0 = k;
       ${loads(0)}
       ${accum(0)}
@@ -238,4 +203,24 @@ var<workgroup> nred: array<f32, ${NB * parts}>;`,
     }
     workgroupBarrier();`,
   };
+}
+
+/**
+ * The k loop of a register-tiled GEMM: per step kk, this thread's MT values of A and of B (vec4 rows of the
+ * workgroup tiles As / Bs, TM wide, k-major) go to registers, then acc[i][j] takes mac(acc[i][j], a_i, b_j) for the
+ * MT x MT block. `vec` is the tiles' vec4 element type: f32 for the float GEMM, u32 for packed int8 (DP4A).
+ */
+export function tileProduct(vec: 'f32' | 'u32', kSteps: number, MT: number, TM: number, mac: (acc: string, a: string, b: string) => string): string {
+  return `for (var kk = 0u; kk < ${kSteps}u; kk++) {
+      var a: array<vec4<${vec}>, ${MT / 4}>;
+      var b: array<vec4<${vec}>, ${MT / 4}>;
+      for (var q = 0u; q < ${MT / 4}u; q++) {
+        a[q] = As[kk * ${TM / 4}u + ty * ${MT / 4}u + q];
+        b[q] = Bs[kk * ${TM / 4}u + tx * ${MT / 4}u + q];
+      }
+      for (var i = 0u; i < ${MT}u; i++) {
+        let ai = a[i / 4u][i % 4u];
+        for (var j = 0u; j < ${MT}u; j++) { ${mac('acc[i][j]', 'ai', 'b[j / 4u][j % 4u]')} }
+      }
+    }`;
 }
