@@ -149,4 +149,5 @@ test('sampleDevice: temperature draws equal the float64 inverse-CDF draw for the
   await assert.rejects(be.readIds(be.sampleDevice(bad, 1, Float32Array.of(0.5))), /NaN or infinity/);
   assert.throws(() => be.sampleDevice(y, 0, Float32Array.of(0.5)), /temperature must be > 0/);
   assert.throws(() => be.sampleDevice(y, 1, Float32Array.of(1)), /uniforms must be in \[0, 1\)/);
+  assert.throws(() => be.sampleDevice(xt, 1, Float32Array.of(0.5)), /sampleDevice: 1 uniforms for 3 rows/);
 });
