@@ -45,7 +45,7 @@ async function profile(what: string): Promise<void> {
   if (!rep) return;
   const total = rep.reduce((a, k) => a + k.ms, 0);
   log(`-- kernel time, ${what}: ${total.toFixed(2)} ms GPU in total`);
-  for (const k of rep.slice(0, 12)) log(`   ${k.kernel.padEnd(40)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(3).padStart(10)} ms`);
+  for (const k of rep.slice(0, 16)) log(`   ${k.kernel.padEnd(56)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(3).padStart(10)} ms ${((1000 * k.ms) / k.calls).toFixed(1).padStart(8)} µs/call`);
 }
 const device = be.ctx.device;
 const rows: string[][] = [];
@@ -128,7 +128,7 @@ async function gemvBench(): Promise<void> {
     const wall = (performance.now() - t) / reps;
     const rep = (await be.profileReport()) ?? [];
     const gpu = rep.reduce((a, k) => a + k.ms, 0) / reps;
-    const line = `${label.padEnd(34)} ${(gpu * 1000).toFixed(1).padStart(8)} µs GPU ${bytes ? `${(bytes / gpu / 1e6).toFixed(0).padStart(6)} GB/s (${((100 * bytes) / gpu / 1e3 / bw).toFixed(0)}% of copy)` : ''}  wall ${(wall * 1000).toFixed(1)} µs/call  [${rep.map((k) => k.kernel).join(', ')}]`;
+    const line = `${label.padEnd(60)} ${(gpu * 1000).toFixed(1).padStart(8)} µs GPU ${bytes ? `${(bytes / gpu / 1e6).toFixed(0).padStart(6)} GB/s (${((100 * bytes) / gpu / 1e3 / bw).toFixed(0)}% of copy)` : ''}  wall ${(wall * 1000).toFixed(1)} µs/call  [${rep.map((k) => k.kernel).join(', ')}]`;
     out.push(line);
     log(line);
   };
@@ -157,12 +157,18 @@ async function gemvBench(): Promise<void> {
   be.writeKV(cache, 0, kk, kk, 0, 4096);
   const qd = be.fromF32(new Float32Array(Hq * D).map((_, i) => Math.cos(i) * 0.3), [1, Hq * D]);
   const acfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as any;
-  for (const keys of [512, 4096]) {
+  // both decode kernels: one dispatch with a workgroup per query head (attention-decode.ts), split-K + combine
+  const tuning = { ...be.ctx.decodeTuning };
+  for (const keys of [512, 1024, 2048, 4096]) {
     for (const [label, kind, massLog] of [['gravity fixed max', 'gravity', 0.5], ['gravity running max', 'gravity', 3], ['dot', 'dot', 0]] as const) {
       const p = attentionParams(kind, acfg, new Float32Array(Hq).fill(massLog), 0.1);
-      await timeIt(`attention decode ${keys} keys, ${label}`, 0, () => drop(be.attention(qd, cache, 0, keys - 1, 1, p)));
+      for (const [how, limit, vsplit] of [['per head', 1 << 30, 1], ['per head, 2 value slices', 1 << 30, 2], ['per head, 4 value slices', 1 << 30, 4], ['split-K', 0, 1]] as const) {
+        be.ctx.decodeTuning = { shortKeys: limit, vsplit };
+        await timeIt(`attention ${keys} keys, ${label}, ${how}`, 0, () => drop(be.attention(qd, cache, 0, keys - 1, 1, p)));
+      }
     }
   }
+  be.ctx.decodeTuning = tuning;
   console.log(`\nGEMV / decode kernels alone (${be.adapterName}), copy kernel ${(bw / 1e12).toFixed(2)} TB/s, ${reps} calls each:`);
   for (const l of out) console.log(l);
 }

@@ -11,6 +11,8 @@ mkdir -p "$OUT"
 [ -f /tmp/q3b/config.json ] || timeout 120 python3 reference/bench_torch.py --dir /tmp/q3b --json /tmp/q3b.json --make-only > "$OUT/make.txt" 2>&1
 timeout 60 node dist/bench/gpu-check.js > "$OUT/check.txt" 2>&1
 tail -3 "$OUT/check.txt"
+GRAVITY_PREFETCH_MB=24 timeout 60 node dist/bench/gpu-check.js > "$OUT/check-warm.txt" 2>&1
+tail -3 "$OUT/check-warm.txt"
 # one file per setting would overrun the 8 files the device returns: everything goes to decode-settings.txt
 # dec NAME [VAR=value ...] [-- gpu.js options]
 dec() {
@@ -18,22 +20,16 @@ dec() {
   echo "== $name"; env "${vars[@]}" timeout 45 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 64 "$@" 2>&1 | grep -E 'step loop|^decode after|GPU busy'
 }
 {
-dec default-passes-profiled X=1 -- --profile-passes
-dec default X=1
-dec norm-stage GRAVITY_NORM=stage
-dec unroll8 GRAVITY_GEMV_UNROLL=8
-dec default-again X=1
-dec unroll8-again GRAVITY_GEMV_UNROLL=8
+dec warm0-profiled GRAVITY_PREFETCH_MB=0 -- --profile-passes
+dec warm24-profiled GRAVITY_PREFETCH_MB=24 -- --profile-passes
+for mb in 0 8 16 32; do dec warm$mb GRAVITY_PREFETCH_MB=$mb; done
+dec warm24-wg48 GRAVITY_PREFETCH_MB=24 GRAVITY_PREFETCH_WG=48
+dec warm24-wg160 GRAVITY_PREFETCH_MB=24 GRAVITY_PREFETCH_WG=160
+dec warm0-again GRAVITY_PREFETCH_MB=0
+dec warm24-again GRAVITY_PREFETCH_MB=24
 } > "$OUT/decode-settings.txt"
-grep -E '^==|^decode after 512, (gravity|dot) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
-{
-timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | tail -17
-echo "== GRAVITY_NORM=stage"
-GRAVITY_NORM=stage timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^(q/k/v|gate)'
-echo "== GRAVITY_GEMV_UNROLL=8"
-GRAVITY_GEMV_UNROLL=8 timeout 60 node dist/bench/gpu.js --gemv --dir /tmp/q3b 2>&1 | grep -E '^(q/k/v|o |gate|down|lm_head)'
-} > "$OUT/gemv.txt"
-cat "$OUT/gemv.txt"
+grep -E '^==|^decode after 512, (gravity|dot|gravity sampled) \(tok/s\)|GPU busy' "$OUT/decode-settings.txt"
+[ -n "${HOST_COSTS:-}" ] || exit 0
 # the host side alone: cost per dispatch against bare Dawn calls, and a token's recording on a 36-layer, 128-wide model
 {
 timeout 60 node dist/bench/gpu-dispatch.js 2>&1 | grep -v Warning

@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
 import { attentionParams } from '../src/attention/registry.js';
+import { headDecodeCfg } from '../src/backend/webgpu/attention-decode.js';
 import { fromF32 } from '../src/tensor/dtype.js';
 import { relErr } from './helpers/fixtures.js';
 import { rand } from './helpers/random.js';
@@ -93,15 +94,66 @@ test('decode attention split-K over 1 to 7 splits (the combine reads 4 splits a 
     ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
     ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
   ];
-  // 32 keys a split: 20 keys is one split, 50 two, 90 three, 150 five, 220 seven
-  for (const keys of [20, 50, 90, 150, 220]) {
-    const q = rand(Hq * D, 43 + keys, 0.5);
-    for (const [what, p] of kinds) {
-      const got = await be.read(be.attention(be.fromF32(q, [1, Hq * D]), caches[0], 0, keys - 1, 1, p));
-      const want = await cpu.read(cpu.attention(cpu.fromF32(q, [1, Hq * D]), caches[1], 0, keys - 1, 1, p));
-      const e = relErr(got, want);
-      assert.ok(e <= 1e-5, `${what}, ${keys} keys: rel err ${e.toExponential(2)}`);
+  // 32 keys a split: 20 keys is one split, 50 two, 90 three, 150 five, 220 seven (the one-dispatch kernel off)
+  const short = be.ctx.decodeTuning.shortKeys;
+  be.ctx.decodeTuning.shortKeys = 0;
+  try {
+    for (const keys of [20, 50, 90, 150, 220]) {
+      const q = rand(Hq * D, 43 + keys, 0.5);
+      for (const [what, p] of kinds) {
+        const got = await be.read(be.attention(be.fromF32(q, [1, Hq * D]), caches[0], 0, keys - 1, 1, p));
+        const want = await cpu.read(cpu.attention(cpu.fromF32(q, [1, Hq * D]), caches[1], 0, keys - 1, 1, p));
+        const e = relErr(got, want);
+        assert.ok(e <= 1e-5, `${what}, ${keys} keys: rel err ${e.toExponential(2)}`);
+      }
     }
+  } finally {
+    be.ctx.decodeTuning.shortKeys = short;
+  }
+});
+
+test('decode attention in one dispatch (workgroups per query head): every kind, ragged key counts, masked keys, value slices, head dims 32 and 128, batch 2', async () => {
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const cpu = createCpuBackend();
+  const tuning = { ...be.ctx.decodeTuning };
+  be.ctx.decodeTuning.shortKeys = 1 << 20;
+  try {
+    for (const [Hq, Hkv, D, B] of [[8, 2, 32, 1], [4, 1, 128, 2]]) {
+      const maxLen = 300;
+      assert.ok(headDecodeCfg(be.ctx, D) || be.ctx.sg < 4, `the kernel applies to head dim ${D} with subgroups of ${be.ctx.sg}`);
+      const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
+      const k = rand(B * maxLen * Hkv * D, 61 + D, 0.5);
+      const v = rand(B * maxLen * Hkv * D, 62 + D);
+      const caches = [be, cpu].map((bk) => {
+        const c = bk.createKVCache(1, B, maxLen, Hkv, D);
+        // rows [B * maxLen, Hkv * D] in (batch, slot) order
+        bk.writeKV(c, 0, bk.fromF32(k, [B * maxLen, Hkv * D]), bk.fromF32(v, [B * maxLen, Hkv * D]), 0, maxLen);
+        c.keyValid.fill(1);
+        for (let s = 3; s < B * maxLen; s += 17) c.keyValid[s] = 0;
+        return c;
+      });
+      const kinds: [string, ReturnType<typeof attentionParams>][] = [
+        ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
+        ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
+        ['gravity-pure', attentionParams('gravity-pure', cfg, new Float32Array(Hq).fill(0.3), 0.1)],
+        ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
+      ];
+      // value slices per head: 1 (all columns), 2, and 8 (fewer vec4 columns than the team's lanes where D = 32)
+      for (const vsplit of [1, 2, 8]) {
+        be.ctx.decodeTuning.vsplit = vsplit;
+        for (const keys of vsplit === 1 ? [1, 5, 33, 130, 300] : [5, 130]) {
+          const q = rand(B * Hq * D, 63 + keys, 0.5);
+          for (const [what, p] of kinds) {
+            const got = await be.read(be.attention(be.fromF32(q, [B, Hq * D]), caches[0], 0, keys - 1, 1, p));
+            const want = await cpu.read(cpu.attention(cpu.fromF32(q, [B, Hq * D]), caches[1], 0, keys - 1, 1, p));
+            const e = relErr(got, want);
+            assert.ok(e <= 1e-5, `D=${D} B=${B} ${what}, ${keys} keys, ${vsplit} value slices: rel err ${e.toExponential(2)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    be.ctx.decodeTuning = tuning;
   }
 });
 

@@ -27,6 +27,7 @@ import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
 import type { GpuKVCache } from './kvcache.js';
 import { choosePrefillCfg, prefillKey, prefillShader } from './attention-prefill.js';
+import { headDecodeCfg, headDecodeKernel } from './attention-decode.js';
 
 interface Cfg {
   D: number;
@@ -321,6 +322,12 @@ export function attentionKernel(
     return;
   }
   const keys = start + T;
+  // short decode: one dispatch, a workgroup per query head (attention-decode.ts)
+  const hc = decode && keys <= ctx.decodeTuning.shortKeys ? headDecodeCfg(ctx, D) : null;
+  if (hc) {
+    headDecodeKernel(ctx, hc, q, c, L.kv, start, p, fixed, mass, out);
+    return;
+  }
   const cfg = chooseCfg(ctx, D, G, decode);
   let nsplit = 1;
   let kps = keys;

@@ -111,6 +111,7 @@ export class GpuContext {
   readonly maxWorkgroupMem: number;
   readonly maxGroups: number;
   readonly maxStorageBuffers: number;
+  readonly maxInvocations: number;
   private kernels = new Map<string, Kernel>();
   /** bind groups by the hash of their signature (see dispatch), with the signature to tell collisions apart */
   private bindGroups = new Map<number, { sig: Int32Array; bg: GPUBindGroup }[]>();
@@ -148,6 +149,11 @@ export class GpuContext {
    */
   /** 'pass': timestamps around each compute pass (a pass holds up to FLUSH_EVERY dispatches) instead of each dispatch */
   private profilePasses = false;
+  /**
+   * decode attention (attention-decode.ts): at most shortKeys keys take the one-dispatch kernel (0 = never), with
+   * vsplit workgroups per query head
+   */
+  decodeTuning = { shortKeys: 0, vsplit: 1 };
 
   constructor(readonly device: GPUDevice, profile: boolean | 'pass' = false, readonly sg = 0) {
     if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);
@@ -158,6 +164,7 @@ export class GpuContext {
     this.maxWorkgroupMem = l.maxComputeWorkgroupStorageSize;
     this.maxGroups = l.maxComputeWorkgroupsPerDimension;
     this.maxStorageBuffers = l.maxStorageBuffersPerShaderStage;
+    this.maxInvocations = Math.min(l.maxComputeInvocationsPerWorkgroup, l.maxComputeWorkgroupSizeX);
     this.arena = device.createBuffer({ size: ARENA_BYTES, usage: USAGE.UNIFORM | USAGE.STORAGE | USAGE.COPY_DST });
     device.lost.then((info) => {
       if (this.destroyed) return;

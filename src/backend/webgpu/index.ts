@@ -17,6 +17,7 @@ import { sampleKernel } from './sample.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
+import { SHORT_KEYS, VSPLIT } from './attention-decode.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
@@ -516,5 +517,6 @@ export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Prom
   const be = new WebGPUBackend(new GpuContext(device, timestamps ? profile : false, subgroupLanes), adapterName, features);
   if (q8 === 'sm' && !subgroupMatrix) throw new GravityError('WebGPU: Q8 tensor-core GEMM asked for, but the device has no i8 subgroup matrices (GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis?)');
   be.q8 = q8 === 'auto' ? (subgroupMatrix ? 'sm' : 'dp4a') : q8;
+  be.ctx.decodeTuning = { shortKeys: SHORT_KEYS, vsplit: VSPLIT };
   return be;
 }
