@@ -25,6 +25,8 @@ const { values } = parseArgs({
     prefill: { type: 'string', default: '512,2048,8192' },
     'attn-lens': { type: 'string', default: '1024,4096,16384' },
     decode: { type: 'string', default: '64' },
+    /** prompt length before the timed decode */
+    context: { type: 'string', default: '512' },
     skip: { type: 'string', default: '' },
     profile: { type: 'boolean', default: false },
     'profile-passes': { type: 'boolean', default: false },
@@ -235,13 +237,14 @@ if (values.dir) {
     log(rows[rows.length - 1].join(' | '));
   }
   const nDec = Number(values.decode);
+  const ctxLen = Number(values.context);
   // best of two runs per kind, interleaved (g, d, d, g), so neither kind pays alone for warm-up or a noisy moment
   const best: Record<string, number> = {};
   for (const kind of ['gravity', 'dot', 'dot', 'gravity'] as AttentionKind[]) {
     model.attention = kind;
-    const s = model.newSession(1, 512 + 3 * nDec + 40);
+    const s = model.newSession(1, ctxLen + 3 * nDec + 40);
     // greedy: the backend's argmax (only the token id is read back, as a generation loop would)
-    let tok = (await model.forward(s, [ids(512, 3)], { logits: 'argmax' }))[0];
+    let tok = (await model.forward(s, [ids(ctxLen, 3)], { logits: 'argmax' }))[0];
     // two untimed tokens: the decode kernels' pipelines are compiled at their first dispatch
     for (let i = 0; i < 2; i++) tok = (await model.forward(s, [[tok]], { logits: 'argmax' }))[0];
     let t = performance.now();
@@ -297,7 +300,7 @@ if (values.dir) {
     const tps = best[kind];
     const pt = torch?.decode_tok_s ?? null;
     const roof = bw / weightBytes;
-    rows.push([`decode after 512, ${kind} (tok/s)`, tps.toFixed(1), '', kind === 'gravity' && pt !== null ? String(pt) : '',
+    rows.push([`decode after ${ctxLen}, ${kind} (tok/s)`, tps.toFixed(1), '', kind === 'gravity' && pt !== null ? String(pt) : '',
       `${kind === 'gravity' && pt !== null ? `${(tps / pt).toFixed(2)}× PyTorch; ` : ''}${((100 * tps) / roof).toFixed(0)}% of roofline (${roof.toFixed(0)} tok/s at ${(bw / 1e12).toFixed(2)} TB/s, ${(weightBytes / 2 ** 30).toFixed(2)} GiB/token)`]);
     log(rows[rows.length - 1].join(' | '));
   }

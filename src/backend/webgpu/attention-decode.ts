@@ -23,7 +23,7 @@ const HEAD_WG = Number((typeof process !== 'undefined' && process.env?.GRAVITY_D
 /** keys per team loaded ahead of the arithmetic (GRAVITY_DECODE_UNROLL) */
 const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_UNROLL) || 4);
 /** workgroups per query head, each with a 1/VSPLIT slice of the value columns (GRAVITY_DECODE_VSPLIT) */
-export const VSPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_VSPLIT) || 1);
+export const VSPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_VSPLIT) || 2);
 
 interface HeadCfg {
   D: number;

@@ -17,7 +17,7 @@ export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
 /** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
-export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 4);
+export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 2);
 
 /** Row counts are bucketed to 1, 2, 4, 8 (guarded by the runtime N) so that few pipelines get compiled. */
 export function gemvBucket(N: number): number {
