@@ -3,22 +3,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fail } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
-import { parseConfig, tokenIds } from './config.js';
+import { parseConfig } from './config.js';
 import { findMassesFile, massName } from './masses.js';
 import { openWeights, type WeightStore } from './safetensors.js';
+import { checkWeights, parseGeneration, type GenerationDefaults } from './model-files.js';
 
-export interface GenerationDefaults {
-  eosTokenIds: number[];
-  bosTokenId?: number;
-  padTokenId?: number;
-  doSample?: boolean;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  minP?: number;
-  repetitionPenalty?: number;
-  maxNewTokens?: number;
-}
+export { checkWeights, expectedWeightShapes, parseGeneration, type GenerationDefaults } from './model-files.js';
 
 export interface CheckpointFiles {
   dir: string;
@@ -44,31 +34,6 @@ function optionalJson(file: string): object | null {
   const v = readJson(file);
   if (!v || typeof v !== 'object') fail(`${file}: expected a JSON object`);
   return v;
-}
-
-function parseGeneration(json: unknown, file: string, config: ModelConfig): GenerationDefaults {
-  const g = (json ?? {}) as Record<string, unknown>;
-  const eos = tokenIds(g.eos_token_id, 'eos_token_id', file);
-  const out: GenerationDefaults = { eosTokenIds: eos.length ? eos : config.eosTokenIds.slice() };
-  const num = (k: string): number | undefined => {
-    const v = g[k];
-    if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'number' || !Number.isFinite(v)) fail(`${file}: "${k}" must be a number, found ${JSON.stringify(v)}`);
-    return v;
-  };
-  const set = <K extends keyof GenerationDefaults>(k: K, v: GenerationDefaults[K] | undefined) => {
-    if (v !== undefined) out[k] = v;
-  };
-  set('bosTokenId', num('bos_token_id'));
-  set('padTokenId', tokenIds(g.pad_token_id, 'pad_token_id', file)[0]);
-  if (typeof g.do_sample === 'boolean') out.doSample = g.do_sample;
-  set('temperature', num('temperature'));
-  set('topP', num('top_p'));
-  set('topK', num('top_k'));
-  set('minP', num('min_p'));
-  set('repetitionPenalty', num('repetition_penalty'));
-  set('maxNewTokens', num('max_new_tokens'));
-  return out;
 }
 
 /** Locates and parses everything in a model folder; checks the weights' names and shapes against the config. */
@@ -110,55 +75,3 @@ export function loadCheckpointFiles(dir: string, opts: { masses?: string } = {})
   }
 }
 
-/** Every Hugging Face tensor name this config needs, with its shape ([out, in] for Linear weights). */
-export function expectedWeightShapes(cfg: ModelConfig): Map<string, number[]> {
-  const m = new Map<string, number[]>();
-  const C = cfg.hiddenSize;
-  const qDim = cfg.numHeads * cfg.headDim;
-  const kvDim = cfg.numKVHeads * cfg.headDim;
-  const I = cfg.intermediateSize;
-  m.set('model.embed_tokens.weight', [cfg.vocabSize, C]);
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    m.set(`${p}.input_layernorm.weight`, [C]);
-    const proj: [string, number, number, boolean][] = [
-      ['q_proj', qDim, C, cfg.qkvBias],
-      ['k_proj', kvDim, C, cfg.qkvBias],
-      ['v_proj', kvDim, C, cfg.qkvBias],
-      ['o_proj', C, qDim, cfg.oBias],
-    ];
-    for (const [n, out, inp, bias] of proj) {
-      m.set(`${p}.self_attn.${n}.weight`, [out, inp]);
-      if (bias) m.set(`${p}.self_attn.${n}.bias`, [out]);
-    }
-    m.set(`${p}.post_attention_layernorm.weight`, [C]);
-    const mlp: [string, number, number][] = [
-      ['gate_proj', I, C],
-      ['up_proj', I, C],
-      ['down_proj', C, I],
-    ];
-    for (const [n, out, inp] of mlp) {
-      m.set(`${p}.mlp.${n}.weight`, [out, inp]);
-      if (cfg.mlpBias) m.set(`${p}.mlp.${n}.bias`, [out]);
-    }
-  }
-  m.set('model.norm.weight', [C]);
-  if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [cfg.vocabSize, C]);
-  return m;
-}
-
-const FLOAT_DTYPES = new Set(['F32', 'BF16', 'F16', 'F64']);
-
-/** Errors on the first missing tensor, wrong shape or non-float dtype. Extra tensors are ignored. */
-export function checkWeights(store: WeightStore, cfg: ModelConfig): void {
-  const fmt = (s: number[]) => `[${s.join(',')}]`;
-  for (const [name, shape] of expectedWeightShapes(cfg)) {
-    if (!store.has(name)) fail(`${store.label}: tensor "${name}" is missing (expected ${fmt(shape)} for this config)`);
-    const info = store.info(name);
-    const file = path.basename(info.file);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      fail(`${file}: tensor "${name}" has shape ${fmt(info.shape)}, expected ${fmt(shape)} for this config`);
-    }
-    if (!FLOAT_DTYPES.has(info.dtype)) fail(`${file}: tensor "${name}" has dtype ${info.dtype}, expected F32, BF16, F16 or F64`);
-  }
-}

@@ -3,40 +3,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fail } from '../errors.js';
-import { DTYPE_BYTES, numel, type DType, type HostTensor, type TypedArray } from '../tensor/dtype.js';
+import { DTYPE_BYTES, numel, type DType, type HostTensor } from '../tensor/dtype.js';
+import { KNOWN_DTYPES, isIntArray, parseSafetensorsHeader, typedView, type SafetensorsFile, type WeightStore } from './safetensors-header.js';
 
-export interface TensorInfo {
-  dtype: DType;
-  shape: number[];
-  /** absolute file offsets of the data, [start, end) */
-  start: number;
-  end: number;
-}
+export { typedView, safetensorsFromBytes, type TensorInfo, type SafetensorsFile, type WeightStore } from './safetensors-header.js';
 
-export interface SafetensorsFile {
-  readonly path: string;
-  readonly tensors: Map<string, TensorInfo>;
-  readonly metadata: Record<string, string>;
-  read(name: string): HostTensor;
-  close(): void;
-}
-
-const KNOWN_DTYPES = new Set<string>(['F64', 'F32', 'F16', 'BF16', 'I64', 'I32']);
 /** readSync takes at most 2 GiB - 1 per call. */
 const IO_CHUNK = 1 << 30;
-
-/** A typed array of `dtype` viewing `buf` (which must be aligned to the element size). */
-export function typedView(dtype: DType, buf: ArrayBuffer, byteOffset = 0, length?: number): TypedArray {
-  const n = length ?? (buf.byteLength - byteOffset) / DTYPE_BYTES[dtype];
-  switch (dtype) {
-    case 'F64': return new Float64Array(buf, byteOffset, n);
-    case 'F32': return new Float32Array(buf, byteOffset, n);
-    case 'F16':
-    case 'BF16': return new Uint16Array(buf, byteOffset, n);
-    case 'I64': return new BigInt64Array(buf, byteOffset, n);
-    case 'I32': return new Int32Array(buf, byteOffset, n);
-  }
-}
 
 /** The typed array class a dtype must be stored in (so a Float32Array labelled BF16 is caught). */
 function expectedArrayName(dtype: DType): string {
@@ -59,10 +32,6 @@ export function writeFully(fd: number, src: Uint8Array): void {
   while (done < src.length) {
     done += fs.writeSync(fd, src, done, Math.min(IO_CHUNK, src.length - done));
   }
-}
-
-function isIntArray(v: unknown): v is number[] {
-  return Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0);
 }
 
 /** Opens `file` read-only and hands the descriptor to `parse`; closes it if parsing throws. */
@@ -95,43 +64,7 @@ function parseHeader(fd: number, file: string, label: string): SafetensorsFile {
   if (headerLen > size - 8) fail(`${label}: header length ${headerLen} overruns the file (${size} bytes)`);
   const headerBytes = new Uint8Array(headerLen);
   readFully(fd, headerBytes, 8, label);
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder().decode(headerBytes));
-  } catch (e) {
-    fail(`${label}: header is not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) fail(`${label}: header is not a JSON object`);
-  const dataStart = 8 + headerLen;
-  const tensors = new Map<string, TensorInfo>();
-  const metadata: Record<string, string> = {};
-  for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
-    if (name === '__metadata__') {
-      if (raw && typeof raw === 'object') {
-        for (const [k, v] of Object.entries(raw as Record<string, unknown>)) metadata[k] = String(v);
-      }
-      continue;
-    }
-    const t = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
-    if (!t || typeof t !== 'object') fail(`${label}: tensor "${name}" has no header entry object`);
-    if (typeof t.dtype !== 'string' || !KNOWN_DTYPES.has(t.dtype)) {
-      fail(`${label}: tensor "${name}" has unknown or unsupported dtype ${JSON.stringify(t.dtype)} (supported: F64, F32, F16, BF16, I64, I32)`);
-    }
-    const dtype = t.dtype as DType;
-    if (!isIntArray(t.shape)) fail(`${label}: tensor "${name}" shape ${JSON.stringify(t.shape)} is not an array of non-negative integers`);
-    const offs = t.data_offsets;
-    if (!isIntArray(offs) || offs.length !== 2 || offs[1] < offs[0]) {
-      fail(`${label}: tensor "${name}" data_offsets ${JSON.stringify(offs)} are not two increasing integers`);
-    }
-    const start = dataStart + offs[0];
-    const end = dataStart + offs[1];
-    if (end > size) fail(`${label}: tensor "${name}" data [${start}, ${end}) overruns the file (${size} bytes)`);
-    const want = numel(t.shape) * DTYPE_BYTES[dtype];
-    if (end - start !== want) {
-      fail(`${label}: tensor "${name}" has ${end - start} data bytes, expected ${want} for ${dtype} ${JSON.stringify(t.shape)}`);
-    }
-    tensors.set(name, { dtype, shape: t.shape.slice(), start, end });
-  }
+  const { tensors, metadata } = parseSafetensorsHeader(headerBytes, size, label);
   let closed = false;
   return {
     path: file,
@@ -259,17 +192,6 @@ export function writeSafetensors(
 }
 
 /** A model's weights, whether in one safetensors file or sharded with an index. */
-export interface WeightStore {
-  readonly dir: string;
-  /** the file to name in messages: model.safetensors or model.safetensors.index.json */
-  readonly label: string;
-  names(): string[];
-  has(name: string): boolean;
-  info(name: string): { dtype: DType; shape: number[]; file: string };
-  read(name: string): HostTensor;
-  close(): void;
-}
-
 /** File names in a model folder that hold something other than the model's weights. */
 function isSideFile(name: string): boolean {
   return /^(gravity_mass_log|adapter_model|expected)\b/.test(name) || name.endsWith('.tmp');

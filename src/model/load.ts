@@ -8,6 +8,9 @@ import * as path from 'node:path';
 import type { AttentionKind, Backend } from '../backend/backend.js';
 import { createCpuBackend } from '../backend/cpu/index.js';
 import { ATTENTION_KINDS, DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
+import { defaultsFromConfig, type ModelDefaults } from '../io/model-files.js';
+
+export type { ModelDefaults } from '../io/model-files.js';
 import { fail } from '../errors.js';
 import { checkWeights, loadCheckpointFiles } from '../io/checkpoint.js';
 import { findMassesFile, loadMasses } from '../io/masses.js';
@@ -69,11 +72,6 @@ export async function createBackend(device: DeviceName = 'cpu', opts: { int8Pref
   return fail(`unknown device '${device}' (cpu, webgpu, auto)`);
 }
 
-export interface ModelDefaults {
-  attention?: AttentionKind;
-  eps?: number;
-}
-
 /** The gravity_attention / gravity_eps keys of a folder's config.json (written by full training runs). */
 export function modelDefaults(dir: string): ModelDefaults {
   const file = path.join(dir, 'config.json');
@@ -84,18 +82,7 @@ export function modelDefaults(dir: string): ModelDefaults {
   } catch (e) {
     return fail(`${file}: not valid JSON (${(e as Error).message})`);
   }
-  const out: ModelDefaults = {};
-  const a = json?.gravity_attention;
-  if (a !== undefined && a !== null) {
-    if (typeof a !== 'string' || !(ATTENTION_KINDS as readonly string[]).includes(a)) fail(`${file}: "gravity_attention" must be one of ${ATTENTION_KINDS.join(', ')}, found ${JSON.stringify(a)}`);
-    out.attention = a as AttentionKind;
-  }
-  const e = json?.gravity_eps;
-  if (e !== undefined && e !== null) {
-    if (typeof e !== 'number' || !(e > 0)) fail(`${file}: "gravity_eps" must be a number > 0, found ${JSON.stringify(e)}`);
-    out.eps = e;
-  }
-  return out;
+  return defaultsFromConfig(json, file);
 }
 
 /**

@@ -10,6 +10,10 @@ export interface HostTensor {
   data: TypedArray;
 }
 
+export function isHostTensor(v: unknown): v is HostTensor {
+  return !!v && typeof v === 'object' && 'dtype' in v && 'shape' in v && 'data' in v && ArrayBuffer.isView((v as HostTensor).data);
+}
+
 export const DTYPE_BYTES: Record<DType, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4 };
 
 export function numel(shape: readonly number[]): number {

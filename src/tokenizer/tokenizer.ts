@@ -3,11 +3,19 @@
  * Wraps @huggingface/tokenizers (exact ids for Qwen/Llama BPE) and @huggingface/jinja (the template language HF
  * chat templates are written in).
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { GravityError, fail } from '../errors.js';
+import { nodeBuiltin } from '../util/builtin.js';
+
+/** node:fs for fromDir (this file also loads in a browser, where tokenizers come from fromObjects) */
+function fs(): typeof import('node:fs') {
+  const m = nodeBuiltin<typeof import('node:fs')>('node:fs');
+  if (!m) fail('TextTokenizer.fromDir reads files: in a browser use TextTokenizer.fromObjects');
+  return m;
+}
+const join = (dir: string, name: string) => `${dir.replace(/[\\/]+$/, '')}/${name}`;
+const existsSync = (p: string) => fs().existsSync(p);
 
 export interface ChatMessage {
   role: string;
@@ -36,7 +44,7 @@ function tokenString(v: unknown): string | null {
 function readJson(path: string): Json {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = fs().readFileSync(path, 'utf8');
   } catch (e) {
     fail(`${path}: cannot read (${(e as Error).message})`);
   }
@@ -97,7 +105,7 @@ export class TextTokenizer {
     const tcPath = join(dir, 'tokenizer_config.json');
     const config = existsSync(tcPath) ? readJson(tcPath) : {};
     const jinjaPath = join(dir, 'chat_template.jinja');
-    const template = existsSync(jinjaPath) ? readFileSync(jinjaPath, 'utf8') : undefined;
+    const template = existsSync(jinjaPath) ? fs().readFileSync(jinjaPath, 'utf8') : undefined;
     return new TextTokenizer(readJson(tjPath), config, template);
   }
 

@@ -9,6 +9,7 @@
  *  - 'js': plain loops with 4x4 register blocking, for hosts without WebAssembly SIMD or shared memory.
  */
 import { fail } from '../../errors.js';
+import { nodeBuiltin } from '../../util/builtin.js';
 import { f16Table, type HostTensor } from '../../tensor/dtype.js';
 import { MATMUL_WASM_BASE64 } from './wasm-binary.js';
 import { ThreadPool, CTL, MAX_THREADS, tmpOf } from './matmul-worker.js';
@@ -49,19 +50,8 @@ export interface MatmulOptions {
 
 type WorkerThreads = typeof import('node:worker_threads');
 // Node modules are optional so the file also loads in a browser (no workers there: one thread or 'js').
-// process.getBuiltinModule (Node >= 20.16) keeps this synchronous: a top-level await would stop the module
-// from loading wherever it is required as CommonJS.
-type NodeProcess = { getBuiltinModule?(id: string): unknown };
-const nodeProcess = (globalThis as { process?: NodeProcess }).process;
-function builtin<T>(id: string): T | null {
-  try {
-    return (nodeProcess?.getBuiltinModule?.(id) as T | undefined) ?? null;
-  } catch {
-    return null;
-  }
-}
-const workerThreads = builtin<WorkerThreads>('node:worker_threads');
-const nodeOs = builtin<typeof import('node:os')>('node:os');
+const workerThreads = nodeBuiltin<WorkerThreads>('node:worker_threads');
+const nodeOs = nodeBuiltin<typeof import('node:os')>('node:os');
 
 const DT_CODE = { F32: 0, BF16: 1, F16: 2 } as const;
 
