@@ -132,6 +132,54 @@ test('gravity web serves the page, the bundle and the model folder, read-only', 
   await assert.rejects(run(['--model', FIXTURES, '--port', '0']), /no config\.json \(not a model folder\)/);
 });
 
+test('gravity web answers byte ranges (the loader reads weights tensor by tensor)', async () => {
+  const url = server!.url + 'model/model.safetensors';
+  const whole = fs.readFileSync(path.join(MINI, 'model.safetensors'));
+  const part = async (range: string) => fetch(url, { headers: { Range: range } });
+  const r = await part('bytes=0-7');
+  assert.equal(r.status, 206);
+  assert.equal(r.headers.get('content-range'), `bytes 0-7/${whole.length}`);
+  assert.deepEqual(new Uint8Array(await r.arrayBuffer()), new Uint8Array(whole.subarray(0, 8)));
+  assert.deepEqual(new Uint8Array(await (await part('bytes=-4')).arrayBuffer()), new Uint8Array(whole.subarray(whole.length - 4)));
+  assert.equal((await (await part(`bytes=${whole.length - 3}-`)).arrayBuffer()).byteLength, 3);
+  for (const bad of ['bytes=5-2', `bytes=${whole.length}-`, 'bytes=x-1', 'items=0-1']) assert.equal((await part(bad)).status, 416, bad);
+});
+
+test('over HTTP the loader fetches weights by ranges (sharded fixture vs PyTorch), and whole files where a server has no ranges', async () => {
+  const { startWebServer } = await import('../src/cli/web.js');
+  const name = 'qwen2-mha-tied-bf16';
+  const s = await startWebServer({ modelDir: path.join(FIXTURES, name), port: 0 });
+  try {
+    const exp = loadExpected(name);
+    const ids: number[][] = exp.meta.input_ids;
+    for (const ranges of [true, false]) {
+      const seen: { file: string; range: string | null; bytes: number }[] = [];
+      const spy = (async (u: string | URL | Request, init?: RequestInit) => {
+        const h = new Headers(init?.headers);
+        const range = ranges ? h.get('range') : null;
+        const res = await fetch(u, range ? { headers: { Range: range } } : undefined);
+        const body = new Uint8Array(await res.arrayBuffer());
+        seen.push({ file: String(u).split('/').pop()!, range, bytes: body.length });
+        return new Response(res.status === 404 ? null : body, { status: res.status, headers: res.headers });
+      }) as typeof fetch;
+      const m = await loadModelFrom(urlFiles(s.url + 'model/', spy), { backend: be, label: name });
+      const logits = await m.forward(m.newSession(ids.length, ids[0].length), ids, { logits: 'all' });
+      const e = relErr(logits, exp.tensors.get('gravity.logits')!.data);
+      assert.ok(e <= 1e-4, `ranges ${ranges}: logits rel err ${e.toExponential(2)}`);
+      const shardReads = seen.filter((x) => /^model-.*\.safetensors$/.test(x.file));
+      const shardSize = fs.statSync(path.join(FIXTURES, name, 'model-00001-of-00003.safetensors')).size;
+      if (ranges) {
+        assert.ok(shardReads.length > 10 && shardReads.every((x) => x.range !== null), 'every weights read is a range');
+        assert.ok(shardReads.every((x) => x.bytes < shardSize), 'no read of a whole shard');
+      } else {
+        assert.ok(shardReads.some((x) => x.file === 'model-00001-of-00003.safetensors' && x.bytes === shardSize), 'whole shards without ranges');
+      }
+    }
+  } finally {
+    await s.close();
+  }
+});
+
 test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens', async () => {
   const exe = process.env.GRAVITY_CHROMIUM ?? '/usr/bin/chromium';
   assert.ok(fs.existsSync(exe), `${exe} not found: install Chromium with scripts/install-chromium.sh (or set GRAVITY_CHROMIUM)`);

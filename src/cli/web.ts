@@ -66,9 +66,29 @@ export async function startWebServer(opts: { modelDir: string; port?: number; ho
     fs.stat(file, (err, st) => {
       if (err || !st.isFile()) return send(404, 'not found');
       const ext = file!.slice(file!.lastIndexOf('.'));
-      res.writeHead(200, { 'content-type': TYPES[ext] ?? 'application/octet-stream', 'content-length': st.size, 'cache-control': 'no-cache' });
-      if (req.method === 'HEAD') return res.end();
-      fs.createReadStream(file!).on('error', () => res.destroy()).pipe(res);
+      const type = TYPES[ext] ?? 'application/octet-stream';
+      // one byte range (the browser loader reads weights tensor by tensor): bytes=a-b, a-, or -n
+      const range = req.headers.range;
+      let start = 0;
+      let end = st.size - 1;
+      if (range !== undefined) {
+        const m = /^bytes=(\d*)-(\d*)$/.exec(range.trim());
+        if (m && (m[1] || m[2])) {
+          if (m[1]) {
+            start = Number(m[1]);
+            if (m[2]) end = Math.min(end, Number(m[2]));
+          } else start = Math.max(0, st.size - Number(m[2]));
+        }
+        if (!m || (!m[1] && !m[2]) || start > end || start >= st.size) {
+          res.writeHead(416, { 'content-range': `bytes */${st.size}` });
+          return res.end();
+        }
+      }
+      const headers: Record<string, string | number> = { 'content-type': type, 'content-length': end - start + 1, 'accept-ranges': 'bytes', 'cache-control': 'no-cache' };
+      if (range !== undefined) headers['content-range'] = `bytes ${start}-${end}/${st.size}`;
+      res.writeHead(range !== undefined ? 206 : 200, headers);
+      if (req.method === 'HEAD' || st.size === 0) return res.end();
+      fs.createReadStream(file!, { start, end }).on('error', () => res.destroy()).pipe(res);
     });
   });
   const host = opts.host ?? '127.0.0.1';

@@ -112,3 +112,37 @@ export function safetensorsFromBytes(bytes: Uint8Array, label: string): Safetens
     close() {},
   };
 }
+
+/** A file read in pieces (HTTP Range requests): `read(start, end)` gives bytes [start, end). */
+export interface RangedFile {
+  readonly size: number;
+  read(start: number, end: number): Promise<Uint8Array>;
+}
+
+/** A safetensors file read tensor by tensor: the header first, then each tensor's bytes when asked for. */
+export interface RangedSafetensors {
+  readonly path: string;
+  readonly tensors: Map<string, TensorInfo>;
+  readAsync(name: string): Promise<HostTensor>;
+}
+
+export async function openSafetensorsRanged(f: RangedFile, label: string): Promise<RangedSafetensors> {
+  if (f.size < 8) fail(`${label}: file is ${f.size} bytes, too short for a safetensors header`);
+  const len = await f.read(0, 8);
+  const headerLen = Number(new DataView(len.buffer, len.byteOffset, 8).getBigUint64(0, true));
+  if (headerLen > f.size - 8) fail(`${label}: header length ${headerLen} overruns the file (${f.size} bytes)`);
+  const { tensors } = parseSafetensorsHeader(await f.read(8, 8 + headerLen), f.size, label);
+  return {
+    path: label,
+    tensors,
+    async readAsync(name) {
+      const info = tensors.get(name);
+      if (!info) fail(`${label}: no tensor named "${name}"`);
+      const b = await f.read(info.start, info.end);
+      if (b.length !== info.end - info.start) fail(`${label}: tensor "${name}": got ${b.length} of ${info.end - info.start} bytes`);
+      // a copy when the bytes are not aligned for the element type
+      const buf = b.byteOffset % 8 === 0 && b.byteLength === b.buffer.byteLength ? b.buffer : b.slice().buffer;
+      return { dtype: info.dtype, shape: info.shape.slice(), data: typedView(info.dtype, buf as ArrayBuffer) };
+    },
+  };
+}

@@ -28,40 +28,65 @@ export interface ModelWeights {
   lmHead: Tensor; // [V, C] (the embedding itself when tied)
 }
 
-/** Reads tensors by HF name and uploads them; `get` is called once per name. */
-export function uploadWeights(be: Backend, cfg: ModelConfig, get: (name: string) => HostTensor, onTensor?: (name: string) => void): ModelWeights {
-  const up = (name: string, hint: 'linear' | 'other') => {
-    const t = be.upload(get(name), hint);
-    onTensor?.(name);
-    return t;
+/** The weights a config needs, in upload order, with the backend's layout hint (optional biases only when present). */
+export function weightPlan(cfg: ModelConfig): { name: string; hint: 'linear' | 'other' }[] {
+  const plan: { name: string; hint: 'linear' | 'other' }[] = [];
+  const add = (name: string, hint: 'linear' | 'other', has = true) => {
+    if (has) plan.push({ name, hint });
   };
-  const opt = (has: boolean, name: string) => (has ? up(name, 'other') : null);
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}.`;
+    add(p + 'input_layernorm.weight', 'other');
+    for (const n of ['q', 'k', 'v', 'o']) add(`${p}self_attn.${n}_proj.weight`, 'linear');
+    for (const n of ['q', 'k', 'v']) add(`${p}self_attn.${n}_proj.bias`, 'other', cfg.qkvBias);
+    add(p + 'self_attn.o_proj.bias', 'other', cfg.oBias);
+    add(p + 'post_attention_layernorm.weight', 'other');
+    for (const n of ['gate', 'up', 'down']) add(`${p}mlp.${n}_proj.weight`, 'linear');
+    for (const n of ['gate', 'up', 'down']) add(`${p}mlp.${n}_proj.bias`, 'other', cfg.mlpBias);
+  }
+  add('model.embed_tokens.weight', 'other');
+  add('model.norm.weight', 'other');
+  add('lm_head.weight', 'linear', !cfg.tieWordEmbeddings);
+  return plan;
+}
+
+/** The model's weight structure from uploaded tensors by HF name (see weightPlan). */
+export function assembleWeights(cfg: ModelConfig, t: (name: string) => Tensor): ModelWeights {
+  const opt = (has: boolean, name: string) => (has ? t(name) : null);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = `model.layers.${i}.`;
     layers.push({
-      inputNorm: up(p + 'input_layernorm.weight', 'other'),
-      q: up(p + 'self_attn.q_proj.weight', 'linear'),
-      k: up(p + 'self_attn.k_proj.weight', 'linear'),
-      v: up(p + 'self_attn.v_proj.weight', 'linear'),
-      o: up(p + 'self_attn.o_proj.weight', 'linear'),
+      inputNorm: t(p + 'input_layernorm.weight'),
+      q: t(p + 'self_attn.q_proj.weight'),
+      k: t(p + 'self_attn.k_proj.weight'),
+      v: t(p + 'self_attn.v_proj.weight'),
+      o: t(p + 'self_attn.o_proj.weight'),
       qb: opt(cfg.qkvBias, p + 'self_attn.q_proj.bias'),
       kb: opt(cfg.qkvBias, p + 'self_attn.k_proj.bias'),
       vb: opt(cfg.qkvBias, p + 'self_attn.v_proj.bias'),
       ob: opt(cfg.oBias, p + 'self_attn.o_proj.bias'),
-      postNorm: up(p + 'post_attention_layernorm.weight', 'other'),
-      gate: up(p + 'mlp.gate_proj.weight', 'linear'),
-      up: up(p + 'mlp.up_proj.weight', 'linear'),
-      down: up(p + 'mlp.down_proj.weight', 'linear'),
+      postNorm: t(p + 'post_attention_layernorm.weight'),
+      gate: t(p + 'mlp.gate_proj.weight'),
+      up: t(p + 'mlp.up_proj.weight'),
+      down: t(p + 'mlp.down_proj.weight'),
       gateb: opt(cfg.mlpBias, p + 'mlp.gate_proj.bias'),
       upb: opt(cfg.mlpBias, p + 'mlp.up_proj.bias'),
       downb: opt(cfg.mlpBias, p + 'mlp.down_proj.bias'),
     });
   }
-  const embed = up('model.embed_tokens.weight', 'other');
-  const norm = up('model.norm.weight', 'other');
-  const lmHead = cfg.tieWordEmbeddings ? embed : up('lm_head.weight', 'linear');
-  return { embed, layers, norm, lmHead };
+  const embed = t('model.embed_tokens.weight');
+  return { embed, layers, norm: t('model.norm.weight'), lmHead: cfg.tieWordEmbeddings ? embed : t('lm_head.weight') };
+}
+
+/** Reads tensors by HF name and uploads them, one at a time; `get` is called once per name. */
+export function uploadWeights(be: Backend, cfg: ModelConfig, get: (name: string) => HostTensor, onTensor?: (name: string) => void): ModelWeights {
+  const up = new Map<string, Tensor>();
+  for (const { name, hint } of weightPlan(cfg)) {
+    up.set(name, be.upload(get(name), hint));
+    onTensor?.(name);
+  }
+  return assembleWeights(cfg, (n) => up.get(n)!);
 }
 
 class Qwen2Session implements Session {

@@ -5,35 +5,68 @@
  * (gravity_mass_log.safetensors, gravity_mass_log.pt, or gravity_mass_log tensors among the weights), generation_config.json,
  * tokenizer.json, tokenizer_config.json and chat_template.jinja.
  */
-import type { AttentionKind, Backend } from '../backend/backend.js';
+import type { AttentionKind, Backend, Tensor } from '../backend/backend.js';
+import type { HostTensor } from '../tensor/dtype.js';
 import { DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
 import { fail } from '../errors.js';
 import { parseConfig } from '../io/config.js';
 import { checkWeights, defaultsFromConfig, parseGeneration, type GenerationDefaults } from '../io/model-files.js';
 import { massName, massesFromTensors, massesFromTorch } from '../io/masses-parse.js';
 import { readTorchBytes } from '../io/torch-read.js';
-import { safetensorsFromBytes, type SafetensorsFile, type WeightStore } from '../io/safetensors-header.js';
-import { Qwen2Model, uploadWeights } from '../model/qwen2.js';
+import { openSafetensorsRanged, safetensorsFromBytes, type RangedFile, type RangedSafetensors, type WeightStore } from '../io/safetensors-header.js';
+import { Qwen2Model, assembleWeights, weightPlan } from '../model/qwen2.js';
 import type { CausalLM } from '../model/types.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 
-/** A model file's bytes, or null when the model has no such file (an error for any other failure). */
-export type FileGetter = (name: string) => Promise<Uint8Array | null>;
+/**
+ * A model's files by name: the bytes, or null when the model has no such file (an error for any other failure).
+ * `open`, where the source can read pieces of a file, gives ranged access instead: the weights are then fetched
+ * tensor by tensor, so no weights file has to fit in memory at once.
+ */
+export interface FileGetter {
+  (name: string): Promise<Uint8Array | null>;
+  /** ranged access to a file, or null where the file is absent or the source cannot read ranges of it */
+  open?(name: string): Promise<RangedFile | null>;
+}
 
-/** Files under a base URL (a folder served over HTTP): 404 means absent, any other failure is an error. */
+/**
+ * Files under a base URL (a folder served over HTTP): 404 means absent, any other failure is an error. Servers that
+ * answer Range requests (`gravity web`, most static servers, the Hugging Face hub) are read tensor by tensor.
+ */
 export function urlFiles(base: string, fetchFn: typeof fetch = fetch): FileGetter {
   const root = base.endsWith('/') ? base : `${base}/`;
-  return async (name) => {
-    let res: Response;
+  const request = async (name: string, range?: string): Promise<Response> => {
     try {
-      res = await fetchFn(root + name);
+      return await fetchFn(root + name, range ? { headers: { Range: range } } : undefined);
     } catch (e) {
       return fail(`${root}${name}: cannot fetch (${(e as Error).message})`);
     }
+  };
+  const get: FileGetter = async (name) => {
+    const res = await request(name);
     if (res.status === 404) return null;
     if (!res.ok) fail(`${root}${name}: HTTP ${res.status} ${res.statusText}`);
     return new Uint8Array(await res.arrayBuffer());
   };
+  get.open = async (name) => {
+    const res = await request(name, 'bytes=0-0');
+    const total = /\/(\d+)$/.exec(res.headers.get('content-range') ?? '');
+    await res.body?.cancel();
+    if (res.status !== 206 || !total) return null; // absent, or no ranges: the caller reads the whole file
+    const size = Number(total[1]);
+    return {
+      size,
+      async read(start, end) {
+        if (end <= start) return new Uint8Array(0);
+        const r = await request(name, `bytes=${start}-${end - 1}`);
+        if (r.status !== 206) fail(`${root}${name}: bytes ${start}-${end - 1}: HTTP ${r.status} ${r.statusText} (expected 206 Partial Content)`);
+        const b = new Uint8Array(await r.arrayBuffer());
+        if (b.length !== end - start) fail(`${root}${name}: bytes ${start}-${end - 1}: got ${b.length} bytes`);
+        return b;
+      },
+    };
+  };
+  return get;
 }
 
 export interface WebLoadOptions {
@@ -74,37 +107,47 @@ async function json(get: FileGetter, name: string, label: string, required: bool
   return v as Record<string, unknown>;
 }
 
-/** The weights as a WeightStore over fetched safetensors files (one, or the shards an index names). */
-async function fetchWeights(get: FileGetter, label: string): Promise<WeightStore> {
+/** The weights, read tensor by tensor: a WeightStore whose reads are asynchronous. */
+interface AsyncWeights extends Pick<WeightStore, 'label' | 'names' | 'has' | 'info'> {
+  readAsync(name: string): Promise<HostTensor>;
+}
+
+/** One weights file: ranged where the source allows it, else its bytes at once. */
+async function openWeightsFile(get: FileGetter, name: string, missing: () => never): Promise<RangedSafetensors> {
+  const ranged = await get.open?.(name);
+  if (ranged) return openSafetensorsRanged(ranged, name);
+  const b = await get(name);
+  if (!b) return missing();
+  const f = safetensorsFromBytes(b, name);
+  return { path: name, tensors: f.tensors, readAsync: async (n) => f.read(n) };
+}
+
+/** The weights over fetched safetensors files (one, or the shards an index names). */
+async function fetchWeights(get: FileGetter, label: string): Promise<AsyncWeights> {
   const index = await json(get, 'model.safetensors.index.json', label, false);
-  const where = new Map<string, SafetensorsFile>();
+  const where = new Map<string, RangedSafetensors>();
   let storeLabel = 'model.safetensors';
   if (index) {
     storeLabel = 'model.safetensors.index.json';
     const wm = index.weight_map;
     if (!wm || typeof wm !== 'object' || Array.isArray(wm)) fail(`${label}/${storeLabel}: has no "weight_map" object`);
-    const shards = new Map<string, SafetensorsFile>();
+    const shards = new Map<string, RangedSafetensors>();
     for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
       if (typeof shard !== 'string') fail(`${label}/${storeLabel}: weight_map entry for "${name}" is not a file name`);
       let f = shards.get(shard);
       if (!f) {
-        const b = await get(shard);
-        if (!b) fail(`${label}/${storeLabel}: shard file ${shard} (holding "${name}") is missing`);
-        f = safetensorsFromBytes(b, shard);
+        f = await openWeightsFile(get, shard, () => fail(`${label}/${storeLabel}: shard file ${shard} (holding "${name}") is missing`));
         shards.set(shard, f);
       }
       if (!f.tensors.has(name)) fail(`${shard}: tensor "${name}" is listed in ${storeLabel} but not in the shard`);
       where.set(name, f);
     }
   } else {
-    const b = await get('model.safetensors');
-    if (!b) fail(`${label}: no model.safetensors or model.safetensors.index.json`);
-    const f = safetensorsFromBytes(b, 'model.safetensors');
+    const f = await openWeightsFile(get, 'model.safetensors', () => fail(`${label}: no model.safetensors or model.safetensors.index.json`));
     for (const n of f.tensors.keys()) where.set(n, f);
   }
   const at = (n: string) => where.get(n) ?? fail(`${storeLabel}: no tensor named "${n}"`);
   return {
-    dir: label,
     label: storeLabel,
     names: () => [...where.keys()],
     has: (n) => where.has(n),
@@ -113,8 +156,7 @@ async function fetchWeights(get: FileGetter, label: string): Promise<WeightStore
       const t = f.tensors.get(n)!;
       return { dtype: t.dtype, shape: t.shape.slice(), file: f.path };
     },
-    read: (n) => at(n).read(n),
-    close() {},
+    readAsync: (n) => at(n).readAsync(n),
   };
 }
 
@@ -148,7 +190,10 @@ export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}):
   } else if (ptBytes) {
     massLog = massesFromTorch('gravity_mass_log.pt', readTorchBytes(ptBytes, 'gravity_mass_log.pt'), cfg.numLayers, cfg.numHeads, massOpts);
   } else if (weights.has(massName(0))) {
-    massLog = massesFromTensors(weights.label, weights.names(), (k) => weights.read(k), cfg.numLayers, cfg.numHeads, massOpts);
+    const names = weights.names().filter((n) => n.endsWith('.gravity_mass_log'));
+    const got = new Map<string, HostTensor>();
+    for (const n of names) got.set(n, await weights.readAsync(n));
+    massLog = massesFromTensors(weights.label, names, (k) => got.get(k)!, cfg.numLayers, cfg.numHeads, massOpts);
   } else if (opts.massInit !== undefined) {
     massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(parseMassInit(opts.massInit!)));
   } else if (usesMasses(attention)) {
@@ -163,10 +208,14 @@ export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}):
   const tokenizer = tokJson ? TextTokenizer.fromObjects(tokJson, tokConfig, template ? text(template) : undefined) : null;
 
   const be = opts.backend ?? (await createBackend(opts.device));
-  const names = weights.names();
-  let done = 0;
-  const w = uploadWeights(be, cfg, (n) => weights.read(n), (n) => opts.onProgress?.(++done, names.length, n));
-  const model = new Qwen2Model(cfg, be, w, massLog);
+  // one tensor in host memory at a time: read, upload, drop
+  const plan = weightPlan(cfg);
+  const up = new Map<string, Tensor>();
+  for (const { name, hint } of plan) {
+    up.set(name, be.upload(await weights.readAsync(name), hint));
+    opts.onProgress?.(up.size, plan.length, name);
+  }
+  const model = new Qwen2Model(cfg, be, assembleWeights(cfg, (n) => up.get(n)!), massLog);
   model.attention = attention;
   model.eps = opts.eps ?? defaults.eps ?? DEFAULT_EPS;
   const eos = generation?.eosTokenIds?.length ? generation.eosTokenIds : cfg.eosTokenIds;
