@@ -15,6 +15,7 @@
 import type { AttentionKind, AttentionParams } from '../backend.js';
 import { Params, type GpuContext } from './context.js';
 import type { GpuKVCache } from './kvcache.js';
+import { attentionBindings } from './wgsl.js';
 
 /** keys up to which decode takes this kernel (GRAVITY_DECODE_SHORT_KEYS to experiment; 0 = never) */
 export const SHORT_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_SHORT_KEYS) ?? 1024);
@@ -96,11 +97,7 @@ export function headDecodeShader(c: HeadCfg, kind: AttentionKind, fixed: boolean
   return `enable subgroups;
 struct P { start: u32, maxLen: u32, Hq: u32, Hkv: u32, keys: u32, eps: f32, scale: f32, vOff4: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
-@group(0) @binding(3) var<storage, read> valid: array<u32>;
-@group(0) @binding(4) var<storage, read> mass: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+${attentionBindings()}
 const D = ${c.D}u;
 const D4 = ${D4}u;
 const TL = ${c.TL}u;

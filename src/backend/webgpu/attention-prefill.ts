@@ -20,6 +20,7 @@
  * over its own keys and summed over the KG lanes once, at the end.
  */
 import type { AttentionKind } from '../backend.js';
+import { attentionBindings } from './wgsl.js';
 
 export interface PrefillCfg {
   D: number;
@@ -145,11 +146,7 @@ export function prefillShader(c: PrefillCfg, kind: AttentionKind, fixed: boolean
 
   return `${useSg ? 'enable subgroups;\n' : ''}struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32, vOff4: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> valid: array<u32>;
-@group(0) @binding(4) var<storage, read> mass: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+${attentionBindings('vec4<f32>')}
 const D4 = ${D4}u;
 const DP4 = ${DP4}u;  // padded row stride (vec4): rows of a warp's reads fall in different banks
 const G = ${G}u;

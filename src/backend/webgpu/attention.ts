@@ -25,6 +25,7 @@
 import type { AttentionKind, AttentionParams } from '../backend.js';
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
+import { attentionBindings } from './wgsl.js';
 import type { GpuKVCache } from './kvcache.js';
 import { choosePrefillCfg, prefillKey, prefillShader } from './attention-prefill.js';
 import { headDecodeCfg, headDecodeKernel } from './attention-decode.js';
@@ -119,11 +120,7 @@ function flashShader(c: Cfg, kind: AttentionKind, split: boolean, fixed = false)
     }`;
   return `struct P { T: u32, start: u32, maxLen: u32, Hq: u32, Hkv: u32, kps: u32, nsplit: u32, eps: f32, scale: f32, vOff4: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
-@group(0) @binding(3) var<storage, read> valid: array<u32>;
-@group(0) @binding(4) var<storage, read> mass: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+${attentionBindings()}
 const D = ${c.D}u;
 const D4 = ${c.D / 4}u;
 const DP4 = ${c.D / 4 + 1}u;   // row stride of Qs and KVs in vec4: one vec4 of padding

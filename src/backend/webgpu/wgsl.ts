@@ -224,3 +224,15 @@ export function tileProduct(vec: 'f32' | 'u32', kSteps: number, MT: number, TM: 
       }
     }`;
 }
+
+/**
+ * The bindings every attention kernel takes after its params (binding 0): q, the layer's cache (k, then v from vec4
+ * p.vOff4), the key mask, the heads' M² and the output (array of `out`).
+ */
+export function attentionBindings(out: 'f32' | 'vec4<f32>' = 'f32'): string {
+  return `@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> kv: array<vec4<f32>>;   // k, then v from vec4 p.vOff4
+@group(0) @binding(3) var<storage, read> valid: array<u32>;
+@group(0) @binding(4) var<storage, read> mass: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<${out}>;`;
+}
