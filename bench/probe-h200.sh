@@ -8,9 +8,9 @@ timeout 60 node dist/bench/gpu-check.js 2>&1 | tail -3
 # pp NAME CONTEXT VAR=value ...: busy time per token (and tok/s) of greedy decode after CONTEXT tokens
 pp() { local name=$1 ctx=$2; shift 2; echo "== $name (after $ctx)"; env "$@" timeout 60 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --context "$ctx" --decode 64 --profile-passes 2>&1 | grep -E 'GPU busy|^decode after [0-9]+, (gravity|dot|gravity sampled) \(' | sort; }
 pp default 512 X=1
-pp split-K 512 GRAVITY_DECODE_SHORT_KEYS=0
-pp per-head 2048 GRAVITY_DECODE_SHORT_KEYS=4096
-pp split-K 2048 GRAVITY_DECODE_SHORT_KEYS=0
+pp o-ksplit2 512 GRAVITY_GEMV_KSPLIT_SHORT=2
+pp o-ksplit4 512 GRAVITY_GEMV_KSPLIT_SHORT=4
+pp head-wg512 512 GRAVITY_DECODE_HEAD_WG=512
+pp vs4 512 GRAVITY_DECODE_VSPLIT=4
 pp default-again 512 X=1
-echo "== wall clock, default settings, no profiling"
-for i in 1 2; do timeout 60 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --decode 64 2>&1 | grep -E '^\| decode after'; done
+pp o-ksplit2-again 512 GRAVITY_GEMV_KSPLIT_SHORT=2

@@ -46,6 +46,28 @@ test('GEMV over long rows (split-K: 2 warps a row by default, GRAVITY_GEMV_KSPLI
   }
 });
 
+test('GEMV over short rows: 2 warps a row for small outputs (the o projection), 1 for large ones (lm_head)', async () => {
+  const IN = 328; // 41 bf16 vectors of 8: the second warp takes the ragged 9 past the first one's 32
+  for (const OUT of [40, 16400]) {
+    const wv = rand(OUT * IN, 31, 0.2);
+    const host = fromF32(wv, [OUT, IN], 'BF16');
+    const bits = host.data as Uint16Array;
+    const wExact = new Float32Array(new Uint32Array(bits.length).map((_, i) => bits[i] << 16).buffer);
+    const w = be.upload(host);
+    for (const N of [1, 3]) {
+      const xv = rand(N * IN, 32 + N);
+      const want = new Float64Array(N * OUT);
+      for (let n = 0; n < N; n++) for (let o = 0; o < OUT; o++) {
+        let acc = 0;
+        for (let i = 0; i < IN; i++) acc += wExact[o * IN + i] * xv[n * IN + i];
+        want[n * OUT + o] = acc;
+      }
+      const e = relErr(await be.read(be.linear(be.fromF32(xv, [N, IN]), w, null)), want);
+      assert.ok(e <= 1e-5, `OUT=${OUT} N=${N}: rel err ${e.toExponential(2)}`);
+    }
+  }
+});
+
 /** the same random K/V (seeds s, s + 1) in a one-layer cache of each backend: [webgpu, cpu] */
 async function twinCaches(Hkv: number, D: number, maxLen: number, seed: number) {
   const { createCpuBackend } = await import('../src/backend/cpu/index.js');

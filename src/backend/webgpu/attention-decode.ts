@@ -1,7 +1,10 @@
 /**
- * Decode attention at short contexts in one dispatch: one workgroup per (batch, query head) reads all of its kv head's
- * keys, so no split of the key axis and no combine pass (the split-K kernel in attention.ts needs both, two dependent
- * dispatches of a few microseconds each, which at a few hundred keys cost more than the attention's own work).
+ * Decode attention at short contexts in one dispatch: VS workgroups per (batch, query head), each reading all of its
+ * kv head's keys and 1/VS of the value columns (VS = 2 by default), so no split of the key axis and no combine pass
+ * (the split-K kernel in attention.ts needs both, two dependent dispatches of a few microseconds each, which at a few
+ * hundred keys cost more than the attention's own work). H200, Qwen2.5-3B shape, 512 keys, kernels alone: 9.2 vs
+ * 11.8 µs (gravity, fixed max), 10.5 vs 15.7 (running max), 9.2 vs 14.4 (dot); at 2048 keys the split kernel wins,
+ * hence SHORT_KEYS (bench/RESULTS.md).
  *
  * The workgroup is TEAMS teams of TL lanes (TL = D/4 vec4 columns, at most a subgroup): a team takes keys
  * base + team + TEAMS * u (u < U, U keys' K and V rows loaded before any arithmetic), each lane its DV vec4 of the row;

@@ -32,6 +32,13 @@ export function gemvBucket(N: number): number {
 const KSPLIT_LONG = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_KSPLIT) || 2);
 /** rows of at least this many elements (IN) get KSPLIT_LONG warps */
 const LONG_ROW = 8192;
+/**
+ * Warps per row for short rows of small outputs (GRAVITY_GEMV_KSPLIT_SHORT; the o projection, [2048 x 2048]). H200,
+ * GPU time per decode token: 2 warps 2.672-2.679 ms, 1 warp 2.692-2.696, 4 warps 2.680-2.686. Large outputs (lm_head)
+ * have rows enough to fill the GPU.
+ */
+const KSPLIT_SHORT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_KSPLIT_SHORT) || 2);
+const SMALL_OUT = 16384;
 
 function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
@@ -92,7 +99,7 @@ export function linearKernel(
     const vec = IN % vecWidth(wdt) === 0;
     const NB = gemvBucket(N);
     if (res) binds.push(res);
-    const KS = vec && IN >= LONG_ROW ? KSPLIT_LONG : 1;
+    const KS = !vec ? 1 : IN >= LONG_ROW ? KSPLIT_LONG : OUT <= SMALL_OUT ? KSPLIT_SHORT : 1;
     const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS));
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
     return;
