@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { loadModel } from '../src/model/load.js';
 import { createWebGPUBackend } from '../src/backend/webgpu/index.js';
 import { openSafetensors } from '../src/io/safetensors.js';
+import { drawToken } from '../src/generate/sampling.js';
 
 const root = process.argv[2] ?? 'test/fixtures';
 const be = await createWebGPUBackend();
@@ -56,6 +57,32 @@ for (const name of ['qwen2-gqa-f32', 'qwen2-mha-tied-bf16', 'llama-gqa-f16']) {
     m.dispose();
   }
   exp.close();
+}
+// sampling on the device against the CPU sampler's float64 draw, at Qwen's vocabulary size (draws within f32
+// rounding of a boundary are not counted, as in the tests)
+{
+  const V = 151936;
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const x = Float32Array.from({ length: 2 * V }, () => (rnd() + rnd() + rnd() - 1.5) * 6);
+  const xt = be.fromF32(x, [2, V]);
+  let checked = 0;
+  let wrong = 0;
+  for (const f of [{}, { topK: 50 }, { topK: 20, topP: 0.8 }, { topK: 256, topP: 0.95, minP: 0.05 }]) {
+    for (let k = 0; k < 20; k++) {
+      const u = Float32Array.from([(k * 0.618034 + 0.013) % 1, (k * 0.414214 + 0.5) % 1]);
+      const ids = await be.readIds(be.sampleDevice!(xt, 0.8, u, f));
+      for (let r = 0; r < 2; r++) {
+        const row = x.subarray(r * V, (r + 1) * V);
+        const ref = drawToken(row, 0.8, u[r], f);
+        if ([-2e-6, 2e-6].some((d) => drawToken(row, 0.8, Math.min(Math.max(u[r] + d, 0), 0.9999999), f) !== ref)) continue;
+        checked++;
+        if (ids[r] !== ref) wrong++;
+      }
+    }
+  }
+  if (wrong) bad++;
+  console.log(`${wrong ? 'BAD' : 'ok '} device sampling (temperature; top-k; top-k + top-p; + min-p) at V=${V}: ${checked - wrong}/${checked} draws equal the CPU's`);
 }
 console.log(bad ? `${bad} mismatches` : 'all fixtures match on this adapter');
 process.exit(bad ? 1 : 0);

@@ -84,12 +84,18 @@ function checkBackend(label: string, make: () => Promise<CausalLM>, nanMasses: b
       assert.deepEqual(c.outputIds, g.tokens.slice(0, 5));
     });
 
-    test('sampleStream: generate() at temperature > 0 gives the host loop\'s tokens for a seed; stopping rolls back', async () => {
+    test('sampleStream: generate() at temperature > 0 (also with top-k / top-p / min-p) gives the host loop\'s tokens for a seed; stopping rolls back', async () => {
       const g = loadExpected(NAME).meta.gravity_greedy;
       for (const [seed, temperature] of [[1, 0.8], [2, 1.3], [3, 0.5]] as const) {
         const a = await generate(m, g.prompt, { temperature, seed, maxTokens: 16 });
         const b = await generate(m, g.prompt, { temperature, seed, maxTokens: 16, noDeviceGreedy: true });
         assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, temperature ${temperature}`);
+      }
+      // with top-k (and top-p / min-p): the stream draws on the device too (webgpu/sample-topk.ts)
+      for (const [seed, f] of [[4, { topK: 5 }], [5, { topK: 40, topP: 0.7 }], [6, { topK: 200, topP: 0.95, minP: 0.02 }]] as const) {
+        const a = await generate(m, g.prompt, { temperature: 1.1, seed, maxTokens: 16, ...f });
+        const b = await generate(m, g.prompt, { temperature: 1.1, seed, maxTokens: 16, noDeviceGreedy: true, ...f });
+        assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, ${JSON.stringify(f)}`);
       }
       // a seed's draws are not all the greedy token (the stream really samples)
       const many = await generate(m, g.prompt, { temperature: 2, seed: 9, maxTokens: 16 });

@@ -10,6 +10,7 @@ import { attentionParams } from '../src/attention/registry.js';
 import { headDecodeCfg } from '../src/backend/webgpu/attention-decode.js';
 import { fromF32 } from '../src/tensor/dtype.js';
 import { relErr } from './helpers/fixtures.js';
+import { drawToken } from '../src/generate/sampling.js';
 import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
@@ -224,4 +225,49 @@ test('sampleDevice: temperature draws equal the float64 inverse-CDF draw for the
   assert.throws(() => be.sampleDevice(y, 0, Float32Array.of(0.5)), /temperature must be > 0/);
   assert.throws(() => be.sampleDevice(y, 1, Float32Array.of(1)), /uniforms must be in \[0, 1\)/);
   assert.throws(() => be.sampleDevice(xt, 1, Float32Array.of(0.5)), /sampleDevice: 1 uniforms for 3 rows/);
+});
+
+test('sampleDevice with top-k / top-p / min-p: the CPU sampler\'s draw (drawToken) for the same uniforms, ties at the boundary included', async () => {
+  const V = 5000;
+  const R = 3;
+  const x = rand(R * V, 71, 3);
+  for (let i = 0; i < V; i += 7) x[V + i] = -Infinity;
+  // row 2: 300 tokens tie at 0.25 just below 9 higher ones (a top-k boundary inside the ties, which the sort keeps)
+  for (let i = 0; i < V; i++) x[2 * V + i] = i % 16 === 3 && i < 4800 ? 0.25 : i % 500 === 7 ? 2 + i / 1000 : -1 - (i % 13) / 7;
+  const xt = be.fromF32(x, [R, V]);
+  const filters = [{ topK: 1 }, { topK: 5 }, { topK: 50, topP: 0.8 }, { topK: 256, topP: 0.9, minP: 0.05 }, { topK: 20, minP: 0.1 }];
+  let checked = 0;
+  for (const f of filters) {
+    for (const T of [0.7, 1.5]) {
+      for (let k = 0; k < 12; k++) {
+        const u = Float32Array.from({ length: R }, (_, r) => ((k * 0.618034 + r * 0.25 + 0.01) % 1));
+        const ids = await be.readIds(be.sampleDevice(xt, T, u, f));
+        for (let r = 0; r < R; r++) {
+          const row = x.subarray(r * V, (r + 1) * V);
+          const ref = drawToken(row, T, u[r], f);
+          // near a boundary (of the draw or of the top-p cut) f32 may fall on the other side: not checked there
+          const near = [-2e-6, 2e-6].some((d) => drawToken(row, T, Math.min(Math.max(u[r] + d, 0), 0.9999999), f) !== ref)
+            || (f.topP !== undefined && [-1e-5, 1e-5].some((d) => drawToken(row, T, u[r], { ...f, topP: f.topP + d }) !== ref));
+          if (near) continue;
+          assert.equal(ids[r], ref, `${JSON.stringify(f)} T=${T} u=${u[r]} row ${r}`);
+          checked++;
+        }
+      }
+    }
+  }
+  assert.ok(checked > 300, `${checked} draws checked`);
+  // more ties at the boundary than the workgroup holds: drawn as one block in vocabulary order
+  const flat = new Float32Array(V).fill(0);
+  for (let i = 0; i < 6; i++) flat[100 + 700 * i] = 1 + i / 10;
+  const ft = be.fromF32(flat, [1, V]);
+  for (const f of [{ topK: 10 }, { topK: 10, topP: 0.5 }, { topK: 30, minP: 0.2 }]) {
+    for (const uu of [0, 0.1, 0.3, 0.55, 0.8, 0.999]) {
+      const [id] = await be.readIds(be.sampleDevice(ft, 1, Float32Array.of(uu), f));
+      assert.equal(id, drawToken(flat, 1, uu, f), `flat row ${JSON.stringify(f)} u=${uu}`);
+    }
+  }
+  const bad = be.fromF32(Float32Array.from([0, 1, NaN, 2]), [1, 4]);
+  await assert.rejects(be.readIds(be.sampleDevice(bad, 1, Float32Array.of(0.5), { topK: 2 })), /NaN or infinity/);
+  assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topP: 0.9 }), /filters need a top-k in \[1, 256\] on the device, got top-k 0/);
+  assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topK: 257 }), /top-k in \[1, 256\]/);
 });

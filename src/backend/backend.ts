@@ -7,6 +7,7 @@
  * (F32, F16 or BF16) and are widened inside the kernels. `N` = rows = batch * tokens.
  */
 import type { DType, HostTensor } from '../tensor/dtype.js';
+import type { DrawFilters } from '../generate/sampling.js';
 
 export interface Tensor {
   readonly shape: readonly number[];
@@ -94,9 +95,10 @@ export interface Backend {
   argmaxDevice?(x: Tensor): Tensor;
   /**
    * Like argmaxDevice, a temperature draw instead: row r's token is the first id whose running sum of
-   * exp((x - max) / temperature) passes u[r] * (the row's sum), u[r] in [0, 1) from the caller's generator.
+   * exp((x - max) / temperature) passes u[r] * (the row's sum), u[r] in [0, 1) from the caller's generator; with
+   * filters, the draw of generate/sampling.ts's drawToken (top-k required, 1..DEVICE_TOPK_MAX, for top-p / min-p).
    */
-  sampleDevice?(x: Tensor, temperature: number, u: Float32Array): Tensor;
+  sampleDevice?(x: Tensor, temperature: number, u: Float32Array, filters?: DrawFilters): Tensor;
   embeddingDevice?(ids: Tensor, table: Tensor): Tensor;
   readIds?(ids: Tensor): Promise<Int32Array>;
 

@@ -5,7 +5,7 @@
 import { fail } from '../errors.js';
 import type { CausalLM } from '../model/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { Sampler, type SamplingOptions } from './sampling.js';
+import { DEVICE_TOPK_MAX, Sampler, type SamplingOptions } from './sampling.js';
 
 export type FinishReason = 'stop' | 'length' | 'eos';
 
@@ -140,7 +140,9 @@ export async function* generateStream(
     const o = sampler.options;
     const plain = o.repetitionPenalty === 1 && !opts.noDeviceGreedy;
     const onDevice = plain && o.temperature === 0 && !!model.greedyStream;
-    const sampleOnDevice = plain && o.temperature > 0 && o.topK === 0 && o.topP === 1 && o.minP === 0 && !!model.sampleStream;
+    // filters on the device need a top-k (the candidates sort on the GPU); top-p / min-p alone take the step loop
+    const filtersOnDevice = o.topK === 0 ? o.topP === 1 && o.minP === 0 : o.topK <= DEVICE_TOPK_MAX && o.topK < cfg.vocabSize;
+    const sampleOnDevice = plain && o.temperature > 0 && filtersOnDevice && !!model.sampleStream;
 
     const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
     const history = prompt.slice();
@@ -203,7 +205,7 @@ export async function* generateStream(
         greedy ??= model.greedyStream!(session, [id]);
         row = null;
       } else if (sampleOnDevice) {
-        greedy ??= model.sampleStream!(session, [id], o.temperature, () => sampler.rng.next());
+        greedy ??= model.sampleStream!(session, [id], { temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP }, () => sampler.rng.next());
         row = null;
       } else row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
     }

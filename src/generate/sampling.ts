@@ -252,14 +252,25 @@ export function sample(
   return ids[ids.length - 1]; // rounding left a sliver of u
 }
 
+/** top-k / top-p / min-p, the filters a device draw applies (no repetition penalty) */
+export interface DrawFilters {
+  topK?: number;
+  topP?: number;
+  minP?: number;
+}
+
+/** top-k up to which a GPU backend draws on the device (its candidates sort in workgroup memory; webgpu/sample-topk.ts) */
+export const DEVICE_TOPK_MAX = 256;
+
 /**
- * The plain temperature draw (no top-k / top-p / min-p / penalty) for a given uniform u in [0, 1): the first id whose
- * running sum of exp((x - max) / temperature) passes u * sum, in float64. What `sample` draws with those options and
- * rng.next() = u, and what a GPU backend's sampleDevice computes in f32.
+ * The draw for a given uniform u in [0, 1) at `temperature`, with optional top-k / top-p / min-p (no penalty): what
+ * `sample` draws with those options and rng.next() = u, in float64, and what a GPU backend's sampleDevice computes
+ * in f32. Without filters: the first id whose running sum of exp((x - max) / temperature) passes u * sum.
  */
-export function drawToken(logits: Float32Array, temperature: number, u: number): number {
+export function drawToken(logits: Float32Array, temperature: number, u: number, filters: DrawFilters = {}): number {
   checkFinite(logits);
-  const { ids, weights } = candidates(logits, { temperature, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 });
+  const o = validateSampling({ temperature, topK: filters.topK ?? 0, topP: filters.topP ?? 1, minP: filters.minP ?? 0 });
+  const { ids, weights } = candidates(logits, o);
   let total = 0;
   for (let j = 0; j < weights.length; j++) total += weights[j];
   let r = u * total;

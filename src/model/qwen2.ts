@@ -9,7 +9,7 @@ import { fail } from '../errors.js';
 import type { HostTensor } from '../tensor/dtype.js';
 import { attentionParams } from '../attention/registry.js';
 import type { ModelConfig } from './config.js';
-import type { CausalLM, ForwardOptions, Session } from './types.js';
+import type { CausalLM, ForwardOptions, Session, StreamSampling } from './types.js';
 import { drawToken } from '../generate/sampling.js';
 
 export interface LayerWeights {
@@ -199,22 +199,24 @@ export class Qwen2Model implements CausalLM {
   }
 
   /**
-   * Temperature sampling kept on the device, as greedyStream: each step's token of row b is the draw of
-   * sampleDevice with u = random() (one call per row and step, in step order, also for the steps computed ahead).
-   * Without device sampling, the logits come to the host and the same draw is made there.
+   * Sampling kept on the device, as greedyStream: each step's token of row b is the draw of sampleDevice with
+   * u = random() (one call per row and step, in step order, also for the steps computed ahead), at a temperature and
+   * with optional top-k / top-p / min-p. Without device sampling, the logits come to the host and the same draw is
+   * made there (drawToken).
    */
-  sampleStream(session: Session, first: readonly number[], temperature: number, random: () => number, lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+  sampleStream(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead = 3): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
+    const { temperature, ...filters } = typeof sampling === 'number' ? { temperature: sampling } : sampling;
     if (!(temperature > 0 && Number.isFinite(temperature))) fail(`sampleStream: temperature must be > 0, got ${temperature}`);
     const B = session.batch;
     const draws = () => Array.from({ length: B }, random);
     // the device takes f32 uniforms, kept below 1 (the host path uses the float64 draws as the CPU sampler does)
-    const pick = be.sampleDevice ? (logits: Tensor) => be.sampleDevice!(logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994))) : null;
+    const pick = be.sampleDevice ? (logits: Tensor) => be.sampleDevice!(logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994)), filters) : null;
     const host = async (ids: number[][]) => {
       const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
       const V = this.config.vocabSize;
       const u = draws();
-      return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, u[b]));
+      return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, u[b], filters));
     };
     return this.deviceStream(session, first, 'sampleStream', pick, host, lookahead);
   }

@@ -1,6 +1,7 @@
 /** What generation, the CLI and the server see of a loaded model. Implemented by model/qwen2.ts. */
 import type { AttentionKind, Backend, KVCache } from '../backend/backend.js';
 import type { ModelConfig } from './config.js';
+import type { DrawFilters } from '../generate/sampling.js';
 
 export interface Session {
   readonly batch: number;
@@ -42,7 +43,15 @@ export interface CausalLM {
    * on the device; stopping the iteration leaves the session as a step-by-step loop would (see model/qwen2.ts).
    */
   greedyStream?(session: Session, first: readonly number[], lookahead?: number): AsyncGenerator<Int32Array, void, void>;
-  /** The same for temperature sampling: a token per row and step drawn with u = random() (see model/qwen2.ts). */
-  sampleStream?(session: Session, first: readonly number[], temperature: number, random: () => number, lookahead?: number): AsyncGenerator<Int32Array, void, void>;
+  /**
+   * The same for sampling: a token per row and step drawn with u = random() at a temperature, or with top-k / top-p /
+   * min-p too (see model/qwen2.ts).
+   */
+  sampleStream?(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead?: number): AsyncGenerator<Int32Array, void, void>;
   dispose(): void;
+}
+
+/** sampleStream's draw: a temperature, with optional top-k / top-p / min-p (no repetition penalty) */
+export interface StreamSampling extends DrawFilters {
+  temperature: number;
 }

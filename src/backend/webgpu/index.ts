@@ -18,6 +18,8 @@ import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWri
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
 import { SHORT_KEYS, VSPLIT } from './attention-decode.js';
+import { sampleTopKKernel } from './sample-topk.js';
+import { DEVICE_TOPK_MAX, type DrawFilters } from '../../generate/sampling.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
@@ -391,16 +393,26 @@ export class WebGPUBackend implements Backend {
     return out;
   }
 
-  /** temperature draws of each row of x [R, V] (sample.ts) as an I32 tensor [R] on the GPU (-1 for a non-finite row) */
-  sampleDevice(x: Tensor, temperature: number, u: Float32Array): Tensor {
+  /**
+   * Temperature draws of each row of x [R, V] as an I32 tensor [R] on the GPU (-1 for a non-finite row): sample.ts,
+   * or with top-k (and top-p / min-p) sample-topk.ts.
+   */
+  sampleDevice(x: Tensor, temperature: number, u: Float32Array, filters: DrawFilters = {}): Tensor {
     const t = needF32(x, 'sampleDevice', 'x');
     const V = t.shape[t.shape.length - 1];
     const R = numel(t.shape) / V;
     if (!(temperature > 0 && Number.isFinite(temperature))) throw new GravityError(`sampleDevice: temperature must be > 0, got ${temperature}`);
     if (u.length !== R) throw new GravityError(`sampleDevice: ${u.length} uniforms for ${R} rows`);
     for (const v of u) if (!(v >= 0 && v < 1)) throw new GravityError(`sampleDevice: uniforms must be in [0, 1), got ${v}`);
+    const f = { topK: filters.topK ?? 0, topP: filters.topP ?? 1, minP: filters.minP ?? 0 };
+    if (!(f.topP > 0 && f.topP <= 1) || !(f.minP >= 0 && f.minP <= 1)) throw new GravityError(`sampleDevice: top-p must be in (0, 1] and min-p in [0, 1], got ${f.topP} and ${f.minP}`);
     const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'sampled ids'), R * 4, true);
-    sampleKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, u);
+    if (f.topK === 0 && f.topP === 1 && f.minP === 0) sampleKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, u);
+    else if (Number.isInteger(f.topK) && f.topK >= 1 && f.topK <= DEVICE_TOPK_MAX && f.topK < V) sampleTopKKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, f, u);
+    else {
+      this.dispose(out);
+      throw new GravityError(`sampleDevice: filters need a top-k in [1, ${Math.min(DEVICE_TOPK_MAX, V - 1)}] on the device, got top-k ${f.topK} (top-p ${f.topP}, min-p ${f.minP})`);
+    }
     return out;
   }
 
