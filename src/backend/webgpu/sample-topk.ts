@@ -7,10 +7,14 @@
  * its weight is >= minP * (the top token's); the token is the first whose running weight passes u * (kept weight).
  * Weights and sums are f32 here (float64 there), so a draw within ~1e-6 of a boundary may fall on the other side.
  *
- * One workgroup per row: the k-th largest logit by a radix select (4 rounds of 8 bits over an order-preserving key,
- * counting in a workgroup histogram), the candidates into workgroup memory, a bitonic sort, the walk on one thread.
- * Ties at the boundary beyond the workgroup's room (only in degenerate rows, e.g. a zero lm_head) stay exact: the
- * walk treats them as one block of equal weights and the drawn one is found in vocabulary order by a last pass.
+ * One workgroup per row: the row max, then a ladder of thresholds below it (counts per thread in registers, no
+ * atomics) finds one with at least k and at most CAP logits above it, which go to workgroup memory; a bitonic sort;
+ * the walk on one thread. Where no rung fits (a flat row), the k-th largest logit comes from a radix select (4
+ * rounds of 8 bits over an order-preserving key, counting in a workgroup histogram; its atomics all hit a few bins
+ * on real logits: H200, Qwen2.5-3B decode with top-k 40 + top-p 0.9 at 282-285 tok/s with the radix select alone,
+ * against 344-366 for plain temperature sampling; the ladder made the kernel 1.9x faster on llvmpipe, not yet timed
+ * on the H200). Ties at the boundary beyond the workgroup's room (degenerate rows, e.g. a zero lm_head) stay exact:
+ * the walk treats them as one block of equal weights and the drawn one is found in vocabulary order by a last pass.
  * NaN or +inf in a row gives -1, which readIds reports.
  */
 import { Params, type GpuContext } from './context.js';
@@ -44,6 +48,8 @@ var<workgroup> bad: atomic<u32>;
 var<workgroup> sel: vec2<u32>;
 var<workgroup> counts: vec3<u32>;
 var<workgroup> scan: array<u32, WS>;
+var<workgroup> tot16: array<u32, 16>;
+var<workgroup> redf: array<f32, WS>;
 var<workgroup> tieAt: u32;
 var<workgroup> picked: u32;
 
@@ -60,79 +66,162 @@ fn first(xa: f32, ia: u32, xb: f32, ib: u32) -> bool {
   return xa > xb || (xa == xb && ia < ib);
 }
 
+/** rung i of a threshold ladder below hi: hi - d0 * 2^i (geometric), or hi - (d0 + step * i) */
+fn rung(hi: f32, d0: f32, step: f32, geometric: bool, i: u32) -> f32 {
+  return hi - select(d0 + step * f32(i), d0 * exp2(f32(i)), geometric);
+}
+
+/** how many of the row's logits are >= each of 16 rungs (summed over the workgroup; the same for every thread) */
+// (WS * 4 == CAP: four rungs' partial counts fill ci)
+fn ladder(base: u32, lid: u32, hi: f32, d0: f32, step: f32, geometric: bool) -> array<u32, 16> {
+  var c: array<u32, 16>;
+  var t: array<f32, 16>;
+  for (var i = 0u; i < 16u; i++) { t[i] = rung(hi, d0, step, geometric, i); }
+  for (var j = lid; j < p.V; j += WS) {
+    let v = x[base + j];
+    for (var i = 0u; i < 16u; i++) { c[i] += select(0u, 1u, v >= t[i]); }
+  }
+  // summed 4 rungs at a time in ci (free until the candidates are collected): the kernel stays under 16 KiB of
+  // workgroup memory, WebGPU's default limit
+  for (var g = 0u; g < 4u; g++) {
+    for (var i = 0u; i < 4u; i++) { ci[i * WS + lid] = c[g * 4u + i]; }
+    workgroupBarrier();
+    for (var s = WS / 2u; s > 0u; s >>= 1u) {
+      if (lid < s) { for (var i = 0u; i < 4u; i++) { ci[i * WS + lid] += ci[i * WS + lid + s]; } }
+      workgroupBarrier();
+    }
+    if (lid == 0u) { for (var i = 0u; i < 4u; i++) { tot16[g * 4u + i] = ci[i * WS]; } }
+    workgroupBarrier();
+  }
+  return workgroupUniformLoad(&tot16);
+}
+
 @compute @workgroup_size(${WS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let row = wid.x;
   let base = row * p.V;
-  // radix select of the k-th largest key, most significant byte first
-  var prefix = 0u;
-  var mask = 0u;
-  var remaining = p.k;
-  for (var r = 0u; r < 4u; r++) {
-    let shift = 24u - 8u * r;
-    atomicStore(&hist[lid], 0u);
-    workgroupBarrier();
-    for (var i = lid; i < p.V; i += WS) {
-      let v = x[base + i];
-      if (r == 0u && !(v <= 3.40282346e38)) { atomicStore(&bad, 1u); }   // NaN and +inf
-      let kk = keyOf(v);
-      if ((kk & mask) == prefix) { atomicAdd(&hist[(kk >> shift) & 255u], 1u); }
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-      var rem = remaining;
-      var b = 255u;
-      loop {
-        let h = atomicLoad(&hist[b]);
-        if (h >= rem || b == 0u) { break; }
-        rem -= h;
-        b--;
-      }
-      sel = vec2<u32>(prefix | (b << shift), rem);
-    }
-    let s = workgroupUniformLoad(&sel);
-    prefix = s.x;
-    remaining = s.y;
-    mask |= 255u << shift;
-  }
-  let kth = prefix;
-  // candidates: above the k-th at the front, ties from the back (while they fit)
+  // the row max (and NaN / +inf)
+  var mx = -3.4e38;
   for (var i = lid; i < p.V; i += WS) {
     let v = x[base + i];
-    let kk = keyOf(v);
-    if (kk > kth) {
-      let j = atomicAdd(&nAbove, 1u);
-      cx[j] = v;
-      ci[j] = i;
-    } else if (kk == kth) {
-      let t = atomicAdd(&nTied, 1u);
-      if (t < ROOM) { cx[CAP - 1u - t] = v; ci[CAP - 1u - t] = i; }
-    }
+    if (!(v <= 3.40282346e38)) { atomicStore(&bad, 1u); }
+    mx = max(mx, v);
   }
+  redf[lid] = mx;
   workgroupBarrier();
-  if (lid == 0u) { counts = vec3<u32>(atomicLoad(&nAbove), atomicLoad(&nTied), atomicLoad(&bad)); }
-  let c = workgroupUniformLoad(&counts);
-  if (c.z != 0u) {
+  for (var s = WS / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { redf[lid] = max(redf[lid], redf[lid + s]); }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { counts = vec3<u32>(0u, 0u, atomicLoad(&bad)); }
+  let hi = redf[0];
+  if (workgroupUniformLoad(&counts).z != 0u) {
     if (lid == 0u) { out[row] = 0xffffffffu; }
     return;
   }
-  let above = c.x;
-  let tied = c.y;
-  let block = tied > ROOM;   // too many ties for the room: they stay one block of equal weights
-  let kept = select(min(tied, ROOM), 0u, block);
-  // the kept ties move from the back to right after the tokens above (through registers: the ranges may overlap)
-  var tx: array<f32, ${CAP / WS}>;
-  var ti: array<u32, ${CAP / WS}>;
-  for (var q = 0u; q < ${CAP / WS}u; q++) {
-    let t = lid + q * WS;
-    if (t < kept) { tx[q] = cx[CAP - 1u - t]; ti[q] = ci[CAP - 1u - t]; }
+  // Usually the top-k lie within a few units of the max, among few enough tokens to sort: the nearest rung of a
+  // ladder below the max (16 geometric rungs, 1/64 to 512 below it, then 16 linear ones inside the step that passes
+  // k) with >= k logits at or above it and at most CAP of them gives the candidates at once. Else the radix select.
+  let D0 = 1.0 / 64.0;
+  var ok = false;
+  var thr = 0.0;
+  let c = ladder(base, lid, hi, D0, 0.0, true);
+  var i = 0u;
+  while (i < 16u && c[i] < p.k) { i++; }
+  if (i < 16u && c[i] <= CAP) {
+    ok = true;
+    thr = rung(hi, D0, 0.0, true, i);
+  } else if (i < 16u && i > 0u) {
+    let d0 = D0 * exp2(f32(i - 1u));
+    let step = d0 / 16.0;   // rung i is 2 d0 below the max: 16 steps from d0 + step to it
+    let cf = ladder(base, lid, hi, d0 + step, step, false);
+    var f = 0u;
+    while (f < 16u && cf[f] < p.k) { f++; }
+    if (f < 16u && cf[f] <= CAP) {
+      ok = true;
+      thr = rung(hi, d0 + step, step, false, f);
+    }
   }
-  workgroupBarrier();
-  for (var q = 0u; q < ${CAP / WS}u; q++) {
-    let t = lid + q * WS;
-    if (t < kept) { cx[above + t] = tx[q]; ci[above + t] = ti[q]; }
+  var n = 0u;
+  var block = false;
+  var tied = 0u;
+  var kth = 0u;
+  if (ok) {
+    for (var j = lid; j < p.V; j += WS) {
+      let v = x[base + j];
+      if (v >= thr) {
+        let q = atomicAdd(&nAbove, 1u);
+        if (q < CAP) { cx[q] = v; ci[q] = j; }   // always (the ladder counted them), but never out of bounds
+      }
+    }
+    workgroupBarrier();
+    if (lid == 0u) { counts = vec3<u32>(atomicLoad(&nAbove), 0u, 0u); }
+    n = min(workgroupUniformLoad(&counts).x, CAP);
+  } else {
+    // radix select of the k-th largest key, most significant byte first
+    var prefix = 0u;
+    var mask = 0u;
+    var remaining = p.k;
+    for (var r = 0u; r < 4u; r++) {
+      let shift = 24u - 8u * r;
+      atomicStore(&hist[lid], 0u);
+      workgroupBarrier();
+      for (var j = lid; j < p.V; j += WS) {
+        let kk = keyOf(x[base + j]);
+        if ((kk & mask) == prefix) { atomicAdd(&hist[(kk >> shift) & 255u], 1u); }
+      }
+      workgroupBarrier();
+      if (lid == 0u) {
+        var rem = remaining;
+        var b = 255u;
+        loop {
+          let h = atomicLoad(&hist[b]);
+          if (h >= rem || b == 0u) { break; }
+          rem -= h;
+          b--;
+        }
+        sel = vec2<u32>(prefix | (b << shift), rem);
+      }
+      let sl = workgroupUniformLoad(&sel);
+      prefix = sl.x;
+      remaining = sl.y;
+      mask |= 255u << shift;
+    }
+    kth = prefix;
+    // candidates: above the k-th at the front, ties from the back (while they fit)
+    for (var j = lid; j < p.V; j += WS) {
+      let v = x[base + j];
+      let kk = keyOf(v);
+      if (kk > kth) {
+        let q = atomicAdd(&nAbove, 1u);
+        cx[q] = v;
+        ci[q] = j;
+      } else if (kk == kth) {
+        let t = atomicAdd(&nTied, 1u);
+        if (t < ROOM) { cx[CAP - 1u - t] = v; ci[CAP - 1u - t] = j; }
+      }
+    }
+    workgroupBarrier();
+    if (lid == 0u) { counts = vec3<u32>(atomicLoad(&nAbove), atomicLoad(&nTied), 0u); }
+    let cc = workgroupUniformLoad(&counts);
+    let above = cc.x;
+    tied = cc.y;
+    block = tied > ROOM;   // too many ties for the room: they stay one block of equal weights
+    let keptTies = select(min(tied, ROOM), 0u, block);
+    // the kept ties move from the back to right after the tokens above (through registers: the ranges may overlap)
+    var tx: array<f32, ${CAP / WS}>;
+    var ti: array<u32, ${CAP / WS}>;
+    for (var q = 0u; q < ${CAP / WS}u; q++) {
+      let t = lid + q * WS;
+      if (t < keptTies) { tx[q] = cx[CAP - 1u - t]; ti[q] = ci[CAP - 1u - t]; }
+    }
+    workgroupBarrier();
+    for (var q = 0u; q < ${CAP / WS}u; q++) {
+      let t = lid + q * WS;
+      if (t < keptTies) { cx[above + t] = tx[q]; ci[above + t] = ti[q]; }
+    }
+    n = above + keptTies;
   }
-  let n = above + kept;
   var N = 1u;
   while (N < n) { N <<= 1u; }
   // padding: -inf with the largest id, after every candidate (made at run time: WGSL constants cannot be infinite)
@@ -143,17 +232,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var size = 2u; size <= N; size <<= 1u) {
     for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
       for (var t = lid; t < N / 2u; t += WS) {
-        let i = 2u * t - (t & (stride - 1u));
-        let j = i + stride;
-        let inOrder = first(cx[i], ci[i], cx[j], ci[j]);
-        if (inOrder != ((i & size) == 0u)) {
-          let ax = cx[i]; let ai = ci[i];
-          cx[i] = cx[j]; ci[i] = ci[j];
-          cx[j] = ax; ci[j] = ai;
+        let a = 2u * t - (t & (stride - 1u));
+        let b = a + stride;
+        let inOrder = first(cx[a], ci[a], cx[b], ci[b]);
+        if (inOrder != ((a & size) == 0u)) {
+          let ax = cx[a]; let ai = ci[a];
+          cx[a] = cx[b]; ci[a] = ci[b];
+          cx[b] = ax; ci[b] = ai;
         }
       }
       workgroupBarrier();
     }
+  }
+  if (ok) {
+    // the ladder's list holds everything >= the k-th largest (cx[k - 1]), ties included, and maybe more below it
+    if (lid == 0u) {
+      let kv = cx[p.k - 1u];
+      var e = p.k;
+      while (e < n && cx[e] >= kv) { e++; }
+      counts = vec3<u32>(e, 0u, 0u);
+    }
+    n = workgroupUniformLoad(&counts).x;
+    kth = keyOf(cx[p.k - 1u]);
   }
   let top = select(valueOf(kth), cx[0], n > 0u);
   for (var j = lid; j < n; j += WS) { cw[j] = exp((cx[j] - top) * p.invT); }
