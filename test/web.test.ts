@@ -108,8 +108,12 @@ test('the fetch-based loader names the problem: missing config, corrupt or trunc
 
 let server: { url: string; close(): Promise<void> } | null = null;
 before(async () => {
+  // the page gets a bundle of the current sources (not whatever dist/ holds)
+  const { buildWeb } = await import('../scripts/build-web.mjs');
+  const bundle = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-')), 'gravity.js');
+  await buildWeb({ outfile: bundle });
   const { startWebServer } = await import('../src/cli/web.js');
-  server = await startWebServer({ modelDir: MINI, port: 0 });
+  server = await startWebServer({ modelDir: MINI, port: 0, bundle });
 });
 after(async () => server?.close());
 
@@ -180,7 +184,7 @@ test('over HTTP the loader fetches weights by ranges (sharded fixture vs PyTorch
   }
 });
 
-test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens', async () => {
+test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens (greedy and top-k sampled)', async () => {
   const exe = process.env.GRAVITY_CHROMIUM ?? '/usr/bin/chromium';
   assert.ok(fs.existsSync(exe), `${exe} not found: install Chromium with scripts/install-chromium.sh (or set GRAVITY_CHROMIUM)`);
   const { chromium } = await import('playwright-core');
@@ -208,6 +212,11 @@ test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, wit
       assert.deepEqual(got.promptIds, ids, `${device}: prompt ids`);
       assert.deepEqual(got.outputIds, want.outputIds, `${device}: generated ids`);
       assert.equal(got.text, want.text);
+      // sampling with top-k + top-p (on WebGPU drawn on the device) gives the CPU's tokens for the seed
+      const opts = { temperature: 0.9, topK: 20, topP: 0.9, seed: 11, maxTokens: 24 };
+      const ws = await generate(node, ids, { ...opts, tokenizer: t, eosTokenIds: chatEosIds(node, t) });
+      const gs = await page.evaluate((o) => (window as any).gravity.run({ prompt: 'What is 48 + 37?', chat: true, ...o }), opts);
+      assert.deepEqual(gs.outputIds, ws.outputIds, `${device}: sampled ids`);
     }
     assert.deepEqual(errors, []);
   } finally {

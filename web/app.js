@@ -51,11 +51,14 @@ async function run(opts = {}) {
   const { ids, eos } = opts.ids ? { ids: opts.ids, eos: model.eosTokenIds } : promptIds(text, opts.chat ?? $('chat').checked);
   const temperature = opts.temperature ?? Number($('temp').value);
   const maxTokens = opts.maxTokens ?? Number($('max').value);
+  const topK = opts.topK ?? Number($('topk').value);
+  const topP = opts.topP ?? Number($('topp').value);
+  const seed = opts.seed ?? Number($('seed').value);
   $('out').textContent = '';
   $('go').disabled = true;
   $('stop').disabled = false;
   stopped = false;
-  const it = generateStream(model, ids, { maxTokens, temperature, seed: opts.seed ?? 0, eosTokenIds: eos, tokenizer: model.tokenizer });
+  const it = generateStream(model, ids, { maxTokens, temperature, topK, topP, seed, eosTokenIds: eos, tokenizer: model.tokenizer });
   let r;
   try {
     while (!(r = await it.next()).done) {

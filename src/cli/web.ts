@@ -32,9 +32,9 @@ export interface WebServer {
 }
 
 /** Starts the server; resolves once it listens. */
-export async function startWebServer(opts: { modelDir: string; port?: number; host?: string }): Promise<WebServer> {
+export async function startWebServer(opts: { modelDir: string; port?: number; host?: string; bundle?: string }): Promise<WebServer> {
   const root = packageRoot();
-  const bundle = join(root, 'dist', 'web', 'gravity.js');
+  const bundle = opts.bundle ?? join(root, 'dist', 'web', 'gravity.js');
   if (!fs.existsSync(bundle)) fail(`${bundle} is missing: run \`npm run build\` first (it bundles the browser build)`);
   if (!fs.existsSync(join(opts.modelDir, 'config.json'))) fail(`${opts.modelDir}: no config.json (not a model folder)`);
   const pages: Record<string, string> = {
