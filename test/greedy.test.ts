@@ -97,6 +97,17 @@ function checkBackend(label: string, make: () => Promise<CausalLM>, nanMasses: b
         const b = await generate(m, g.prompt, { temperature: 1.1, seed, maxTokens: 16, noDeviceGreedy: true, ...f });
         assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, ${JSON.stringify(f)}`);
       }
+      // a repetition penalty goes with the stream (a mask of seen ids on the device): greedy, sampled, top-k
+      for (const [seed, o] of [[7, { temperature: 0 }], [8, { temperature: 0.9 }], [9, { temperature: 1.2, topK: 30, topP: 0.9 }]] as const) {
+        for (const repetitionPenalty of [1.25, 1.8]) {
+          const a = await generate(m, g.prompt, { seed, maxTokens: 16, repetitionPenalty, ...o });
+          const b = await generate(m, g.prompt, { seed, maxTokens: 16, repetitionPenalty, noDeviceGreedy: true, ...o });
+          assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, ${JSON.stringify(o)}, penalty ${repetitionPenalty}`);
+        }
+      }
+      // the penalty changes the greedy continuation of this fixture (so the check above is not vacuous)
+      const pen = await generate(m, g.prompt, { temperature: 0, maxTokens: 16, repetitionPenalty: 1.8 });
+      assert.notDeepEqual(pen.outputIds, g.tokens.slice(0, 16));
       // a seed's draws are not all the greedy token (the stream really samples)
       const many = await generate(m, g.prompt, { temperature: 2, seed: 9, maxTokens: 16 });
       assert.notDeepEqual(many.outputIds, g.tokens.slice(0, 16));

@@ -10,7 +10,7 @@ import { attentionParams } from '../src/attention/registry.js';
 import { headDecodeCfg } from '../src/backend/webgpu/attention-decode.js';
 import { fromF32 } from '../src/tensor/dtype.js';
 import { relErr } from './helpers/fixtures.js';
-import { drawToken } from '../src/generate/sampling.js';
+import { applyRepetitionPenalty, drawToken } from '../src/generate/sampling.js';
 import { rand } from './helpers/random.js';
 
 let be: WebGPUBackend;
@@ -270,4 +270,28 @@ test('sampleDevice with top-k / top-p / min-p: the CPU sampler\'s draw (drawToke
   await assert.rejects(be.readIds(be.sampleDevice(bad, 1, Float32Array.of(0.5), { topK: 2 })), /NaN or infinity/);
   assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topP: 0.9 }), /filters need a top-k in \[1, 256\] on the device, got top-k 0/);
   assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topK: 257 }), /top-k in \[1, 256\]/);
+});
+
+test('penalizeDevice: the repetition penalty of the CPU sampler, with a mask that marks each step\'s fed ids on the device', async () => {
+  const V = 1000;
+  const R = 2;
+  const x = rand(R * V, 81, 2);
+  const hist = [[3, 5, 5, 999, 31, 32, 33], [0, 64, 500]];
+  const seen = be.seenMaskDevice(V, hist);
+  const prev = be.argmaxDevice(be.fromF32(Float32Array.from({ length: R * V }, (_, i) => (i % V === 77 + (i >= V ? 100 : 0) ? 1 : 0)), [R, V])); // ids 77, 177
+  const want = (ids: number[][], p: number) => {
+    const out = x.slice();
+    ids.forEach((h, r) => applyRepetitionPenalty(out.subarray(r * V, (r + 1) * V), p, h));
+    return out;
+  };
+  // 1.25 is exact in f32 (no rounding difference from the CPU's float64 penalty)
+  const t1 = be.fromF32(x, [R, V]);
+  be.penalizeDevice(t1, seen, prev, 1.25);
+  assert.deepEqual(await be.read(t1), want([[...hist[0], 77], [...hist[1], 177]], 1.25));
+  // the marks stay: the next step (no new ids) penalises 77 and 177 too
+  const t2 = be.fromF32(x, [R, V]);
+  be.penalizeDevice(t2, seen, null, 1.25);
+  assert.deepEqual(await be.read(t2), want([[...hist[0], 77], [...hist[1], 177]], 1.25));
+  assert.throws(() => be.penalizeDevice(t2, seen, null, 0), /penalty must be > 0/);
+  assert.throws(() => be.penalizeDevice(be.fromF32(new Float32Array(3 * V), [3, V]), seen, null, 1.5), /mask \[2, 32\] for 3 rows of 1000 logits/);
 });

@@ -99,6 +99,13 @@ export interface Backend {
    * filters, the draw of generate/sampling.ts's drawToken (top-k required, 1..DEVICE_TOPK_MAX, for top-p / min-p).
    */
   sampleDevice?(x: Tensor, temperature: number, u: Float32Array, filters?: DrawFilters): Tensor;
+  /**
+   * A repetition penalty kept on the device: seenMaskDevice makes each row's mask of seen ids ([R, ceil(V/32)] bits)
+   * from its history; penalizeDevice first marks the ids `prev` (a previous step's device ids, or null) and then
+   * applies the penalty to the logits of seen ids in place (x > 0: x / penalty; x < 0: x * penalty).
+   */
+  seenMaskDevice?(vocab: number, history: readonly (readonly number[])[]): Tensor;
+  penalizeDevice?(x: Tensor, seen: Tensor, prev: Tensor | null, penalty: number): void;
   embeddingDevice?(ids: Tensor, table: Tensor): Tensor;
   readIds?(ids: Tensor): Promise<Int32Array>;
 

@@ -135,10 +135,13 @@ export async function* generateStream(
       logits = await model.forward(session, [prompt.slice(s, s + prefillChunk)], { logits: 'last' });
     }
     let row: Float32Array | null = readRow(logits!);
-    // greedy, or plain temperature sampling, without penalties: the model may keep decoding on the device a few
-    // tokens ahead (no logits readback); sampling draws the same uniforms from the sampler's generator, in order
+    // greedy, or sampling (temperature, top-k with top-p / min-p), with or without a repetition penalty: the model may
+    // keep decoding on the device a few tokens ahead (no logits readback); sampling draws the same uniforms from the
+    // sampler's generator, in order
     const o = sampler.options;
-    const plain = o.repetitionPenalty === 1 && !opts.noDeviceGreedy;
+    const plain = !opts.noDeviceGreedy;
+    // the repetition penalty goes with the stream: each row's ids so far (the model keeps a mask of them on the device)
+    const penalty = () => (o.repetitionPenalty === 1 ? undefined : { value: o.repetitionPenalty, history: [history.slice()] });
     const onDevice = plain && o.temperature === 0 && !!model.greedyStream;
     // filters on the device need a top-k (the candidates sort on the GPU); top-p / min-p alone take the step loop
     const filtersOnDevice = o.topK === 0 ? o.topP === 1 && o.minP === 0 : o.topK <= DEVICE_TOPK_MAX && o.topK < cfg.vocabSize;
@@ -202,10 +205,10 @@ export async function* generateStream(
         return result;
       }
       if (onDevice) {
-        greedy ??= model.greedyStream!(session, [id]);
+        greedy ??= model.greedyStream!(session, [id], undefined, penalty());
         row = null;
       } else if (sampleOnDevice) {
-        greedy ??= model.sampleStream!(session, [id], { temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP }, () => sampler.rng.next());
+        greedy ??= model.sampleStream!(session, [id], { temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP }, () => sampler.rng.next(), undefined, penalty());
         row = null;
       } else row = readRow(await model.forward(session, [[id]], { logits: 'last' }));
     }

@@ -9,8 +9,8 @@ import { fail } from '../errors.js';
 import type { HostTensor } from '../tensor/dtype.js';
 import { attentionParams } from '../attention/registry.js';
 import type { ModelConfig } from './config.js';
-import type { CausalLM, ForwardOptions, Session, StreamSampling } from './types.js';
-import { drawToken } from '../generate/sampling.js';
+import type { CausalLM, ForwardOptions, Session, StreamPenalty, StreamSampling } from './types.js';
+import { applyRepetitionPenalty, drawToken, sample } from '../generate/sampling.js';
 
 export interface LayerWeights {
   inputNorm: Tensor; // [C]
@@ -192,10 +192,65 @@ export class Qwen2Model implements CausalLM {
    * When the caller stops (return()), the session is rolled back to exactly what a step-by-step loop would hold:
    * `first` and every yielded id but the last, fed; the steps computed ahead are forgotten.
    */
-  greedyStream(session: Session, first: readonly number[], lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+  greedyStream(session: Session, first: readonly number[], lookahead = 3, penalty?: StreamPenalty): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
-    const pick = be.argmaxDevice ? (logits: Tensor) => be.argmaxDevice!(logits) : null;
-    return this.deviceStream(session, first, 'greedyStream', pick, async (ids) => Int32Array.from(await this.forward(session, ids, { logits: 'argmax' })), lookahead);
+    const pen = this.penaltyState(session, penalty);
+    if (!pen) {
+      const pick = be.argmaxDevice ? (logits: Tensor) => be.argmaxDevice!(logits) : null;
+      return this.deviceStream(session, first, 'greedyStream', pick, async (ids) => Int32Array.from(await this.forward(session, ids, { logits: 'argmax' })), lookahead);
+    }
+    const pick = be.argmaxDevice && pen.device ? (logits: Tensor, fed: Tensor | null) => be.argmaxDevice!(pen.apply(logits, fed)) : null;
+    const host = (ids: number[][]) => this.hostDraws(session, ids, pen, (row) => sample(row, { temperature: 0 }));
+    return this.withCleanup(this.deviceStream(session, first, 'greedyStream', pick, host, lookahead), pen.dispose);
+  }
+
+  /**
+   * A stream's repetition penalty: on the device, a mask of seen ids (made at the first step from the histories, then
+   * marked with each step's fed ids); on the host, the histories themselves, extended with each draw.
+   */
+  private penaltyState(session: Session, penalty?: StreamPenalty) {
+    if (!penalty || penalty.value === 1) return null;
+    const be = this.backend;
+    const value = penalty.value;
+    if (!(value > 0 && Number.isFinite(value))) fail(`repetition penalty must be > 0, got ${value}`);
+    if (penalty.history.length !== session.batch) fail(`repetition penalty: ${penalty.history.length} histories for a batch of ${session.batch}`);
+    const hist = penalty.history.map((h) => h.slice());
+    let seen: Tensor | null = null;
+    return {
+      value,
+      hist,
+      device: !!(be.seenMaskDevice && be.penalizeDevice),
+      apply: (logits: Tensor, fed: Tensor | null): Tensor => {
+        seen ??= be.seenMaskDevice!(this.config.vocabSize, hist);
+        be.penalizeDevice!(logits, seen, fed, value);
+        return logits;
+      },
+      dispose: () => {
+        if (seen) be.dispose(seen);
+        seen = null;
+      },
+    };
+  }
+
+  /** a host step of a stream with a penalty: each row's logits penalised by its history, drawn, the draw recorded */
+  private async hostDraws(session: Session, ids: number[][], pen: NonNullable<ReturnType<Qwen2Model['penaltyState']>>, draw: (row: Float32Array, b: number) => number): Promise<Int32Array> {
+    const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
+    const V = this.config.vocabSize;
+    return Int32Array.from({ length: session.batch }, (_, b) => {
+      const row = logits.slice(b * V, (b + 1) * V);
+      applyRepetitionPenalty(row, pen.value, pen.hist[b]);
+      const id = draw(row, b);
+      pen.hist[b].push(id);
+      return id;
+    });
+  }
+
+  private async *withCleanup<T>(gen: AsyncGenerator<T, void, void>, cleanup: () => void): AsyncGenerator<T, void, void> {
+    try {
+      yield* gen;
+    } finally {
+      cleanup();
+    }
   }
 
   /**
@@ -204,25 +259,35 @@ export class Qwen2Model implements CausalLM {
    * with optional top-k / top-p / min-p. Without device sampling, the logits come to the host and the same draw is
    * made there (drawToken).
    */
-  sampleStream(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead = 3): AsyncGenerator<Int32Array, void, void> {
+  sampleStream(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead = 3, penalty?: StreamPenalty): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
     const { temperature, ...filters } = typeof sampling === 'number' ? { temperature: sampling } : sampling;
     if (!(temperature > 0 && Number.isFinite(temperature))) fail(`sampleStream: temperature must be > 0, got ${temperature}`);
     const B = session.batch;
     const draws = () => Array.from({ length: B }, random);
+    const pen = this.penaltyState(session, penalty);
     // the device takes f32 uniforms, kept below 1 (the host path uses the float64 draws as the CPU sampler does)
-    const pick = be.sampleDevice ? (logits: Tensor) => be.sampleDevice!(logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994)), filters) : null;
-    const host = async (ids: number[][]) => {
-      const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
-      const V = this.config.vocabSize;
-      const u = draws();
-      return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, u[b], filters));
-    };
-    return this.deviceStream(session, first, 'sampleStream', pick, host, lookahead);
+    const pick = be.sampleDevice && (!pen || pen.device)
+      ? (logits: Tensor, fed: Tensor | null) => be.sampleDevice!(pen ? pen.apply(logits, fed) : logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994)), filters)
+      : null;
+    let u: number[] = [];
+    const host = pen
+      ? (ids: number[][]) => {
+        u = draws();
+        return this.hostDraws(session, ids, pen, (row, b) => drawToken(row, temperature, u[b], filters));
+      }
+      : async (ids: number[][]) => {
+        const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
+        const V = this.config.vocabSize;
+        const uu = draws();
+        return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, uu[b], filters));
+      };
+    const gen = this.deviceStream(session, first, 'sampleStream', pick, host, lookahead);
+    return pen ? this.withCleanup(gen, pen.dispose) : gen;
   }
 
   private async *deviceStream(
-    session: Session, first: readonly number[], what: string, pick: ((logits: Tensor) => Tensor) | null,
+    session: Session, first: readonly number[], what: string, pick: ((logits: Tensor, fed: Tensor | null) => Tensor) | null,
     host: (ids: number[][]) => Promise<Int32Array>, lookahead: number,
   ): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
@@ -274,7 +339,7 @@ export class Qwen2Model implements CausalLM {
   }
 
   /** one decode step whose input ids are host ids or the device tensor of the previous step; returns its argmax tensor */
-  private async deviceStep(session: Session, ids: number[][] | Tensor, pick: (logits: Tensor) => Tensor): Promise<Tensor> {
+  private async deviceStep(session: Session, ids: number[][] | Tensor, pick: (logits: Tensor, fed: Tensor | null) => Tensor): Promise<Tensor> {
     const be = this.backend;
     const B = session.batch;
     const cache = session.cache;
@@ -287,7 +352,7 @@ export class Qwen2Model implements CausalLM {
     const x0 = Array.isArray(ids) ? be.embedding(Int32Array.from(ids, (r) => r[0]), this.weights.embed) : be.embeddingDevice!(ids, this.weights.embed);
     const x = await this.layers(x0, pos, session, start, 1, {}); // [B, C]
     const logits = this.head(x); // [B, V]
-    const next = pick(logits); // [B] on the device
+    const next = pick(logits, Array.isArray(ids) ? null : ids); // [B] on the device
     be.dispose(logits);
     return next;
   }

@@ -42,16 +42,22 @@ export interface CausalLM {
    * Greedy decoding from `first` (one id per sequence): yields each step's argmax ids. May run a few steps ahead
    * on the device; stopping the iteration leaves the session as a step-by-step loop would (see model/qwen2.ts).
    */
-  greedyStream?(session: Session, first: readonly number[], lookahead?: number): AsyncGenerator<Int32Array, void, void>;
+  greedyStream?(session: Session, first: readonly number[], lookahead?: number, penalty?: StreamPenalty): AsyncGenerator<Int32Array, void, void>;
   /**
    * The same for sampling: a token per row and step drawn with u = random() at a temperature, or with top-k / top-p /
    * min-p too (see model/qwen2.ts).
    */
-  sampleStream?(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead?: number): AsyncGenerator<Int32Array, void, void>;
+  sampleStream?(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead?: number, penalty?: StreamPenalty): AsyncGenerator<Int32Array, void, void>;
   dispose(): void;
 }
 
 /** sampleStream's draw: a temperature, with optional top-k / top-p / min-p (no repetition penalty) */
 export interface StreamSampling extends DrawFilters {
   temperature: number;
+}
+
+/** a stream's repetition penalty (HF's): the value and each row's ids so far (prompt and output, the fed ids included) */
+export interface StreamPenalty {
+  value: number;
+  history: readonly (readonly number[])[];
 }

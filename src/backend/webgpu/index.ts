@@ -19,6 +19,7 @@ import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel } from './attention.js';
 import { SHORT_KEYS, VSPLIT } from './attention-decode.js';
 import { sampleTopKKernel } from './sample-topk.js';
+import { penalizeKernel } from './penalty.js';
 import { DEVICE_TOPK_MAX, type DrawFilters } from '../../generate/sampling.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
@@ -414,6 +415,27 @@ export class WebGPUBackend implements Backend {
       throw new GravityError(`sampleDevice: filters need a top-k in [1, ${Math.min(DEVICE_TOPK_MAX, V - 1)}] on the device, got top-k ${f.topK} (top-p ${f.topP}, min-p ${f.minP})`);
     }
     return out;
+  }
+
+  seenMaskDevice(vocab: number, history: readonly (readonly number[])[]): Tensor {
+    const W = Math.ceil(vocab / 32);
+    const bits = new Uint32Array(history.length * W);
+    history.forEach((h, r) => {
+      for (const id of h) if (Number.isInteger(id) && id >= 0 && id < vocab) bits[r * W + (id >>> 5)] |= 1 << (id & 31);
+    });
+    return new GpuTensor([history.length, W], 'I32', this.ctx.createFilled(bits, 'seen ids'), bits.byteLength, false);
+  }
+
+  /** the repetition penalty on the device, in place (penalty.ts) */
+  penalizeDevice(x: Tensor, seen: Tensor, prev: Tensor | null, penalty: number): void {
+    const t = needF32(x, 'penalizeDevice', 'x');
+    const V = t.shape[t.shape.length - 1];
+    const R = numel(t.shape) / V;
+    const s = g(seen);
+    if (!(penalty > 0 && Number.isFinite(penalty))) throw new GravityError(`penalizeDevice: the penalty must be > 0, got ${penalty}`);
+    if (s.dtype !== 'I32' || s.shape[0] !== R || s.shape[1] !== Math.ceil(V / 32)) throw new GravityError(`penalizeDevice: mask ${shapeStr(s.shape)} for ${R} rows of ${V} logits`);
+    if (prev && (g(prev).dtype !== 'I32' || numel(g(prev).shape) !== R)) throw new GravityError(`penalizeDevice: ${numel(g(prev).shape)} previous ids for ${R} rows`);
+    penalizeKernel(this.ctx, t.buf, s.buf, prev ? g(prev).buf : null, R, V, penalty);
   }
 
   embeddingDevice(ids: Tensor, table: Tensor): Tensor {
