@@ -2,7 +2,8 @@
  * GPU benchmark (run on the GPU machine, after reference/bench_torch.py wrote the checkpoint and its timings):
  *   node dist/bench/gpu.js --dir /tmp/q3b --torch torch.json [--prefill 512,2048,8192] [--attn-lens 1024,4096,16384]
  * Prints our WebGPU numbers next to PyTorch's (same checkpoint, same card) and the ratios, as a markdown table.
- * Decode: greedy (greedyStream), sampled at temperature 0.7 (sampleStream; also with top-k 40 + top-p 0.9) and the step loop with a logits readback per
+ * Decode: greedy (greedyStream), sampled at temperature 0.7 (sampleStream; also with top-k 40 + top-p 0.9, and with a
+ * repetition penalty of 1.1 on top) and the step loop with a logits readback per
  * token; it also logs, per run, the wall time per token next to the host's recording time inside the stream;
  * --profile-passes adds the GPU's busy time per token (pass timestamps), --lookahead N the greedyStream depth (3).
  *   node dist/bench/gpu.js --gemv [--dir /tmp/q3b]
@@ -242,7 +243,7 @@ if (values.dir) {
   const best: Record<string, number> = {};
   for (const kind of ['gravity', 'dot', 'dot', 'gravity'] as AttentionKind[]) {
     model.attention = kind;
-    const s = model.newSession(1, ctxLen + 4 * nDec + 60);
+    const s = model.newSession(1, ctxLen + 5 * nDec + 80);
     // greedy: the backend's argmax (only the token id is read back, as a generation loop would)
     let tok = (await model.forward(s, [ids(ctxLen, 3)], { logits: 'argmax' }))[0];
     // two untimed tokens: the decode kernels' pipelines are compiled at their first dispatch
@@ -300,10 +301,17 @@ if (values.dir) {
     for (let i = 0; i < nDec; i++) await sk.next();
     best[`${kind} sampled top-k`] = Math.max(best[`${kind} sampled top-k`] ?? 0, nDec / ((performance.now() - t) / 1000));
     await sk.return();
+    // and with a repetition penalty of 1.1 on top (penalty.ts: the mask of seen ids on the device)
+    const sp = model.sampleStream!(s, [tok], { temperature: 0.7, topK: 40, topP: 0.9 }, () => (u = (u + 0.618034) % 1), Number(values.lookahead), { value: 1.1, history: [[...ids(ctxLen, 3), tok]] });
+    for (let i = 0; i < 3; i++) await sp.next();
+    t = performance.now();
+    for (let i = 0; i < nDec; i++) await sp.next();
+    best[`${kind} sampled top-k + penalty`] = Math.max(best[`${kind} sampled top-k + penalty`] ?? 0, nDec / ((performance.now() - t) / 1000));
+    await sp.return();
     model.closeSession(s);
     await profile(`prefill 512 + decode ${nDec} (${kind})`);
   }
-  for (const kind of ['gravity', 'dot', 'gravity sampled', 'dot sampled', 'gravity sampled top-k', 'dot sampled top-k', 'gravity step loop', 'dot step loop']) {
+  for (const kind of ['gravity', 'dot', 'gravity sampled', 'dot sampled', 'gravity sampled top-k', 'dot sampled top-k', 'gravity sampled top-k + penalty', 'dot sampled top-k + penalty', 'gravity step loop', 'dot step loop']) {
     const tps = best[kind];
     const pt = torch?.decode_tok_s ?? null;
     const roof = bw / weightBytes;
