@@ -184,7 +184,7 @@ test('over HTTP the loader fetches weights by ranges (sharded fixture vs PyTorch
   }
 });
 
-test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens (greedy and top-k sampled)', async () => {
+test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens (greedy and top-k sampled); without WebGPU, auto falls back to the CPU', async () => {
   const exe = process.env.GRAVITY_CHROMIUM ?? '/usr/bin/chromium';
   assert.ok(fs.existsSync(exe), `${exe} not found: install Chromium with scripts/install-chromium.sh (or set GRAVITY_CHROMIUM)`);
   const { chromium } = await import('playwright-core');
@@ -221,5 +221,15 @@ test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, wit
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();
+  }
+  // a browser without WebGPU: device 'webgpu' says so, 'auto' runs on the CPU
+  const plain = await chromium.launch({ executablePath: exe, args: ['--no-sandbox'] });
+  try {
+    const page = await plain.newPage();
+    await page.goto(server!.url);
+    await assert.rejects(page.evaluate(() => (window as any).gravity.load({ device: 'webgpu' })), /this browser offers no WebGPU adapter \(not supported or turned off\): use device 'cpu'/);
+    assert.equal((await page.evaluate(() => (window as any).gravity.load({ device: 'auto' }))).device, 'cpu');
+  } finally {
+    await plain.close();
   }
 });

@@ -94,7 +94,11 @@ export async function createDevice(opts: { timestamps?: boolean; powerPreference
   } catch (e) {
     throw new GravityError(`WebGPU: no adapter found (install a Vulkan driver, or use --device cpu): ${(e as Error).message}`);
   }
-  if (!adapter) throw new GravityError('WebGPU: no adapter found (install a Vulkan driver, or use --device cpu)');
+  if (!adapter) {
+    // in a browser the fix is the browser's, not a driver install
+    const browser = typeof process === 'undefined' || !process.versions?.node;
+    throw new GravityError(browser ? "WebGPU: this browser offers no WebGPU adapter (not supported or turned off): use device 'cpu'" : 'WebGPU: no adapter found (install a Vulkan driver, or use --device cpu)');
+  }
   const requiredLimits: Record<string, number> = {};
   const al = adapter.limits as unknown as Record<string, number>;
   for (const k of WANTED_LIMITS) if (typeof al[k] === 'number') requiredLimits[k] = al[k];
