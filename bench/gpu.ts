@@ -16,6 +16,7 @@ import { loadModel } from '../src/model/load.js';
 import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
 import { attentionParams } from '../src/attention/registry.js';
 import type { AttentionKind } from '../src/backend/backend.js';
+import type { StreamPenalty, StreamSampling } from '../src/model/types.js';
 import { loadCheckpointFiles } from '../src/io/checkpoint.js';
 import { DTYPE_BYTES, numel } from '../src/tensor/dtype.js';
 
@@ -286,28 +287,22 @@ if (values.dir) {
       log(`${kind}: greedyStream ${wallMs.toFixed(3)} ms/token wall, GPU busy ${busy.toFixed(3)} ms/token (pass timestamps)`);
     }
     await it.return();
-    // what generate() does for plain temperature sampling: sampleStream, the draws made on the device
+    // what generate() does for sampling: sampleStream, the draws made on the device: plain temperature, top-k 40 +
+    // top-p 0.9 (webgpu/sample-topk.ts), and a repetition penalty of 1.1 on top (penalty.ts)
     let u = 0;
-    const st = model.sampleStream!(s, [tok], 0.7, () => (u = (u + 0.618034) % 1), Number(values.lookahead));
-    for (let i = 0; i < 3; i++) await st.next();
-    t = performance.now();
-    for (let i = 0; i < nDec; i++) await st.next();
-    best[`${kind} sampled`] = Math.max(best[`${kind} sampled`] ?? 0, nDec / ((performance.now() - t) / 1000));
-    await st.return();
-    // and with top-k 40 + top-p 0.9 (the draw on the device by webgpu/sample-topk.ts)
-    const sk = model.sampleStream!(s, [tok], { temperature: 0.7, topK: 40, topP: 0.9 }, () => (u = (u + 0.618034) % 1), Number(values.lookahead));
-    for (let i = 0; i < 3; i++) await sk.next();
-    t = performance.now();
-    for (let i = 0; i < nDec; i++) await sk.next();
-    best[`${kind} sampled top-k`] = Math.max(best[`${kind} sampled top-k`] ?? 0, nDec / ((performance.now() - t) / 1000));
-    await sk.return();
-    // and with a repetition penalty of 1.1 on top (penalty.ts: the mask of seen ids on the device)
-    const sp = model.sampleStream!(s, [tok], { temperature: 0.7, topK: 40, topP: 0.9 }, () => (u = (u + 0.618034) % 1), Number(values.lookahead), { value: 1.1, history: [[...ids(ctxLen, 3), tok]] });
-    for (let i = 0; i < 3; i++) await sp.next();
-    t = performance.now();
-    for (let i = 0; i < nDec; i++) await sp.next();
-    best[`${kind} sampled top-k + penalty`] = Math.max(best[`${kind} sampled top-k + penalty`] ?? 0, nDec / ((performance.now() - t) / 1000));
-    await sp.return();
+    const sampled: [string, StreamSampling, StreamPenalty | undefined][] = [
+      ['sampled', { temperature: 0.7 }, undefined],
+      ['sampled top-k', { temperature: 0.7, topK: 40, topP: 0.9 }, undefined],
+      ['sampled top-k + penalty', { temperature: 0.7, topK: 40, topP: 0.9 }, { value: 1.1, history: [[...ids(ctxLen, 3), tok]] }],
+    ];
+    for (const [row, sampling, penalty] of sampled) {
+      const st = model.sampleStream!(s, [tok], sampling, () => (u = (u + 0.618034) % 1), Number(values.lookahead), penalty);
+      for (let i = 0; i < 3; i++) await st.next();
+      t = performance.now();
+      for (let i = 0; i < nDec; i++) await st.next();
+      best[`${kind} ${row}`] = Math.max(best[`${kind} ${row}`] ?? 0, nDec / ((performance.now() - t) / 1000));
+      await st.return();
+    }
     model.closeSession(s);
     await profile(`prefill 512 + decode ${nDec} (${kind})`);
   }

@@ -5,7 +5,7 @@
 import { fail } from '../errors.js';
 import type { CausalLM } from '../model/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { DEVICE_TOPK_MAX, Sampler, type SamplingOptions } from './sampling.js';
+import { Sampler, type SamplingOptions } from './sampling.js';
 
 export type FinishReason = 'stop' | 'length' | 'eos';
 
@@ -143,9 +143,8 @@ export async function* generateStream(
     // the repetition penalty goes with the stream: each row's ids so far (the model keeps a mask of them on the device)
     const penalty = () => (o.repetitionPenalty === 1 ? undefined : { value: o.repetitionPenalty, history: [history.slice()] });
     const onDevice = plain && o.temperature === 0 && !!model.greedyStream;
-    // filters on the device need a top-k (the candidates sort on the GPU); top-p / min-p alone take the step loop
-    const filtersOnDevice = o.topK === 0 ? o.topP === 1 && o.minP === 0 : o.topK <= DEVICE_TOPK_MAX && o.topK < cfg.vocabSize;
-    const sampleOnDevice = plain && o.temperature > 0 && filtersOnDevice && !!model.sampleStream;
+    // (the stream draws on the host what the device cannot: top-p / min-p without top-k)
+    const sampleOnDevice = plain && o.temperature > 0 && !!model.sampleStream;
 
     const stream = tok?.stream({ skipSpecialTokens: opts.skipSpecialTokens ?? true }) ?? null;
     const history = prompt.slice();

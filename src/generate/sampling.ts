@@ -263,6 +263,16 @@ export interface DrawFilters {
 export const DEVICE_TOPK_MAX = 256;
 
 /**
+ * Whether a device draw (Backend.sampleDevice) takes these filters over a vocabulary of V: none, or a top-k in
+ * [1, min(DEVICE_TOPK_MAX, V - 1)] with any top-p / min-p. Top-p or min-p alone need the host.
+ */
+export function deviceDraws(f: DrawFilters, V: number): boolean {
+  const k = f.topK ?? 0;
+  if (k === 0) return (f.topP ?? 1) === 1 && (f.minP ?? 0) === 0;
+  return Number.isInteger(k) && k >= 1 && k <= DEVICE_TOPK_MAX && k < V;
+}
+
+/**
  * The draw for a given uniform u in [0, 1) at `temperature`, with optional top-k / top-p / min-p (no penalty): what
  * `sample` draws with those options and rng.next() = u, in float64, and what a GPU backend's sampleDevice computes
  * in f32. Without filters: the first id whose running sum of exp((x - max) / temperature) passes u * sum.

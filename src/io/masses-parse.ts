@@ -120,13 +120,18 @@ export function shapeMasses(raw: Float32Array[], numHeads: number, kv: number, f
   });
 }
 
+/** The query/group head counts checked, then `read`'s per-layer masses in the form asked for (see shapeMasses). */
+export function readShaped(label: string, numHeads: number, opts: LoadMassesOptions, read: (c: Counts) => Float32Array[]): Float32Array[] {
+  const kv = opts.numKVHeads ?? numHeads;
+  if (numHeads % kv !== 0) fail(`${label}: ${numHeads} query heads are not a multiple of ${kv} KV heads`);
+  return shapeMasses(read({ heads: numHeads, kvHeads: kv }), numHeads, kv, opts.form);
+}
+
 /** Masses from named tensors (a safetensors file's, by the per-layer names or one stacked `gravity_mass_log`). */
 export function massesFromTensors(
   label: string, names: string[], get: (name: string) => HostTensor, numLayers: number, numHeads: number, opts: LoadMassesOptions = {},
 ): Float32Array[] {
-  const kv = opts.numKVHeads ?? numHeads;
-  if (numHeads % kv !== 0) fail(`${label}: ${numHeads} query heads are not a multiple of ${kv} KV heads`);
-  return shapeMasses(fromNamed(label, names, get, numLayers, { heads: numHeads, kvHeads: kv }), numHeads, kv, opts.form);
+  return readShaped(label, numHeads, opts, (c) => fromNamed(label, names, get, numLayers, c));
 }
 
 /** Masses from an unpickled torch.save object: a dict of per-layer tensors, a list of them, or one [layers, heads]. */
@@ -145,7 +150,5 @@ export function fromTorchObject(label: string, obj: unknown, numLayers: number, 
 
 /** massesFromTensors for an unpickled gravity_mass_log.pt (see fromTorchObject). */
 export function massesFromTorch(label: string, obj: unknown, numLayers: number, numHeads: number, opts: LoadMassesOptions = {}): Float32Array[] {
-  const kv = opts.numKVHeads ?? numHeads;
-  if (numHeads % kv !== 0) fail(`${label}: ${numHeads} query heads are not a multiple of ${kv} KV heads`);
-  return shapeMasses(fromTorchObject(label, obj, numLayers, { heads: numHeads, kvHeads: kv }), numHeads, kv, opts.form);
+  return readShaped(label, numHeads, opts, (c) => fromTorchObject(label, obj, numLayers, c));
 }

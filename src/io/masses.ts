@@ -9,7 +9,7 @@ import { fail } from '../errors.js';
 import type { HostTensor } from '../tensor/dtype.js';
 import { openSafetensors, openWeights, writeSafetensors } from './safetensors.js';
 import { readTorchFile, writeTorchFile } from './torch.js';
-import { fromNamed, fromTorchObject, massName, shapeMasses, type Counts, type LoadMassesOptions } from './masses-parse.js';
+import { fromNamed, fromTorchObject, massName, readShaped, type Counts, type LoadMassesOptions } from './masses-parse.js';
 
 export { expandGroupMasses, massName, massesFromTensors, massesFromTorch, type LoadMassesOptions } from './masses-parse.js';
 
@@ -30,9 +30,7 @@ export function findMassesFile(dir: string): string | null {
  * (same names, or one `gravity_mass_log` [layers, heads]), or a model.safetensors.index.json whose shards hold them.
  */
 export function loadMasses(file: string, numLayers: number, numHeads: number, opts: LoadMassesOptions = {}): Float32Array[] {
-  const kv = opts.numKVHeads ?? numHeads;
-  if (numHeads % kv !== 0) fail(`loadMasses: ${numHeads} query heads are not a multiple of ${kv} KV heads`);
-  return shapeMasses(readMasses(file, numLayers, { heads: numHeads, kvHeads: kv }), numHeads, kv, opts.form);
+  return readShaped('loadMasses', numHeads, opts, (c) => readMasses(file, numLayers, c));
 }
 
 function readMasses(file: string, numLayers: number, numHeads: Counts): Float32Array[] {

@@ -113,7 +113,17 @@ export function safetensorsFromBytes(bytes: Uint8Array, label: string): Safetens
   };
 }
 
-/** A file read in pieces (HTTP Range requests): `read(start, end)` gives bytes [start, end). */
+/** The weight_map of a model.safetensors.index.json as [tensor, shard file] pairs; `label` names the index in errors. */
+export function weightMapEntries(index: unknown, label: string): [string, string][] {
+  const wm = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (!wm || typeof wm !== 'object' || Array.isArray(wm)) fail(`${label}: has no "weight_map" object`);
+  return Object.entries(wm as Record<string, unknown>).map(([name, shard]) => {
+    if (typeof shard !== 'string') fail(`${label}: weight_map entry for "${name}" is not a file name`);
+    return [name, shard];
+  });
+}
+
+/** A file read in pieces (HTTP Range requests): `read(start, end)` gives exactly the bytes [start, end), or throws. */
 export interface RangedFile {
   readonly size: number;
   read(start: number, end: number): Promise<Uint8Array>;
@@ -139,7 +149,6 @@ export async function openSafetensorsRanged(f: RangedFile, label: string): Promi
       const info = tensors.get(name);
       if (!info) fail(`${label}: no tensor named "${name}"`);
       const b = await f.read(info.start, info.end);
-      if (b.length !== info.end - info.start) fail(`${label}: tensor "${name}": got ${b.length} of ${info.end - info.start} bytes`);
       // a copy when the bytes are not aligned for the element type
       const buf = b.byteOffset % 8 === 0 && b.byteLength === b.buffer.byteLength ? b.buffer : b.slice().buffer;
       return { dtype: info.dtype, shape: info.shape.slice(), data: typedView(info.dtype, buf as ArrayBuffer) };

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fail } from '../errors.js';
 import { DTYPE_BYTES, numel, type DType, type HostTensor } from '../tensor/dtype.js';
-import { KNOWN_DTYPES, isIntArray, parseSafetensorsHeader, typedView, type SafetensorsFile, type WeightStore } from './safetensors-header.js';
+import { KNOWN_DTYPES, isIntArray, parseSafetensorsHeader, typedView, weightMapEntries, type SafetensorsFile, type WeightStore } from './safetensors-header.js';
 
 export { typedView, safetensorsFromBytes, type TensorInfo, type SafetensorsFile, type WeightStore } from './safetensors-header.js';
 
@@ -233,13 +233,11 @@ function openSharded(dir: string, indexPath: string): WeightStore {
   } catch (e) {
     fail(`${label}: not valid JSON (${(e as Error).message})`);
   }
-  const wm = (index as { weight_map?: unknown } | null)?.weight_map;
-  if (!wm || typeof wm !== 'object' || Array.isArray(wm)) fail(`${label}: has no "weight_map" object`);
+  const entries = weightMapEntries(index, label);
   const files = new Map<string, SafetensorsFile>();
   const where = new Map<string, SafetensorsFile>();
   try {
-    for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
-      if (typeof shard !== 'string') fail(`${label}: weight_map entry for "${name}" is not a file name`);
+    for (const [name, shard] of entries) {
       let f = files.get(shard);
       if (!f) {
         const p = path.join(dir, shard);

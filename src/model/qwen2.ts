@@ -10,7 +10,7 @@ import type { HostTensor } from '../tensor/dtype.js';
 import { attentionParams } from '../attention/registry.js';
 import type { ModelConfig } from './config.js';
 import type { CausalLM, ForwardOptions, Session, StreamPenalty, StreamSampling } from './types.js';
-import { applyRepetitionPenalty, drawToken, sample } from '../generate/sampling.js';
+import { applyRepetitionPenalty, deviceDraws, drawToken, sample } from '../generate/sampling.js';
 
 export interface LayerWeights {
   inputNorm: Tensor; // [C]
@@ -232,11 +232,12 @@ export class Qwen2Model implements CausalLM {
     };
   }
 
-  /** a host step of a stream with a penalty: each row's logits penalised by its history, drawn, the draw recorded */
-  private async hostDraws(session: Session, ids: number[][], pen: NonNullable<ReturnType<Qwen2Model['penaltyState']>>, draw: (row: Float32Array, b: number) => number): Promise<Int32Array> {
+  /** a host step of a stream: each row's logits (penalised by its history, which records the draw) drawn */
+  private async hostDraws(session: Session, ids: number[][], pen: ReturnType<Qwen2Model['penaltyState']>, draw: (row: Float32Array, b: number) => number): Promise<Int32Array> {
     const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
     const V = this.config.vocabSize;
     return Int32Array.from({ length: session.batch }, (_, b) => {
+      if (!pen) return draw(logits.subarray(b * V, (b + 1) * V), b);
       const row = logits.slice(b * V, (b + 1) * V);
       applyRepetitionPenalty(row, pen.value, pen.hist[b]);
       const id = draw(row, b);
@@ -256,8 +257,8 @@ export class Qwen2Model implements CausalLM {
   /**
    * Sampling kept on the device, as greedyStream: each step's token of row b is the draw of sampleDevice with
    * u = random() (one call per row and step, in step order, also for the steps computed ahead), at a temperature and
-   * with optional top-k / top-p / min-p. Without device sampling, the logits come to the host and the same draw is
-   * made there (drawToken).
+   * with optional top-k / top-p / min-p. Without device sampling (or for filters it does not take, see deviceDraws),
+   * the logits come to the host and the same draw is made there (drawToken).
    */
   sampleStream(session: Session, first: readonly number[], sampling: number | StreamSampling, random: () => number, lookahead = 3, penalty?: StreamPenalty): AsyncGenerator<Int32Array, void, void> {
     const be = this.backend;
@@ -266,22 +267,15 @@ export class Qwen2Model implements CausalLM {
     const B = session.batch;
     const draws = () => Array.from({ length: B }, random);
     const pen = this.penaltyState(session, penalty);
-    // the device takes f32 uniforms, kept below 1 (the host path uses the float64 draws as the CPU sampler does)
-    const pick = be.sampleDevice && (!pen || pen.device)
+    // the device takes f32 uniforms, kept below 1 (the host path uses the float64 draws as the CPU sampler does);
+    // filters it cannot apply (top-p / min-p without top-k) take the host path
+    const pick = be.sampleDevice && deviceDraws(filters, this.config.vocabSize) && (!pen || pen.device)
       ? (logits: Tensor, fed: Tensor | null) => be.sampleDevice!(pen ? pen.apply(logits, fed) : logits, temperature, Float32Array.from(draws(), (u) => Math.min(u, 0.99999994)), filters)
       : null;
-    let u: number[] = [];
-    const host = pen
-      ? (ids: number[][]) => {
-        u = draws();
-        return this.hostDraws(session, ids, pen, (row, b) => drawToken(row, temperature, u[b], filters));
-      }
-      : async (ids: number[][]) => {
-        const logits = await this.forward(session, ids, { logits: 'last' }); // [B, V]
-        const V = this.config.vocabSize;
-        const uu = draws();
-        return Int32Array.from({ length: B }, (_, b) => drawToken(logits.subarray(b * V, (b + 1) * V), temperature, uu[b], filters));
-      };
+    const host = (ids: number[][]) => {
+      const u = draws();
+      return this.hostDraws(session, ids, pen, (row, b) => drawToken(row, temperature, u[b], filters));
+    };
     const gen = this.deviceStream(session, first, 'sampleStream', pick, host, lookahead);
     return pen ? this.withCleanup(gen, pen.dispose) : gen;
   }

@@ -13,7 +13,7 @@ import { parseConfig } from '../io/config.js';
 import { checkWeights, defaultsFromConfig, parseGeneration, type GenerationDefaults } from '../io/model-files.js';
 import { massName, massesFromTensors, massesFromTorch } from '../io/masses-parse.js';
 import { readTorchBytes } from '../io/torch-read.js';
-import { openSafetensorsRanged, safetensorsFromBytes, type RangedFile, type RangedSafetensors, type WeightStore } from '../io/safetensors-header.js';
+import { openSafetensorsRanged, safetensorsFromBytes, weightMapEntries, type RangedFile, type RangedSafetensors, type WeightStore } from '../io/safetensors-header.js';
 import { Qwen2Model, assembleWeights, weightPlan } from '../model/qwen2.js';
 import type { CausalLM } from '../model/types.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -129,11 +129,8 @@ async function fetchWeights(get: FileGetter, label: string): Promise<AsyncWeight
   let storeLabel = 'model.safetensors';
   if (index) {
     storeLabel = 'model.safetensors.index.json';
-    const wm = index.weight_map;
-    if (!wm || typeof wm !== 'object' || Array.isArray(wm)) fail(`${label}/${storeLabel}: has no "weight_map" object`);
     const shards = new Map<string, RangedSafetensors>();
-    for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
-      if (typeof shard !== 'string') fail(`${label}/${storeLabel}: weight_map entry for "${name}" is not a file name`);
+    for (const [name, shard] of weightMapEntries(index, `${label}/${storeLabel}`)) {
       let f = shards.get(shard);
       if (!f) {
         f = await openWeightsFile(get, shard, () => fail(`${label}/${storeLabel}: shard file ${shard} (holding "${name}") is missing`));

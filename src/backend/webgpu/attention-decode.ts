@@ -98,7 +98,7 @@ export function headDecodeShader(c: HeadCfg, kind: AttentionKind, fixed: boolean
     var O = 0.0;
     for (var t = 0u; t < TEAMS; t++) { L += red[t * RS + VD + 1u]; O += red[t * RS + d]; }`;
   return `enable subgroups;
-struct P { start: u32, maxLen: u32, Hq: u32, Hkv: u32, keys: u32, eps: f32, scale: f32, vOff4: u32 }
+struct P { maxLen: u32, Hq: u32, Hkv: u32, keys: u32, eps: f32, scale: f32, vOff4: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${attentionBindings()}
 const D = ${c.D}u;
@@ -170,6 +170,6 @@ export function headDecodeKernel(
 ): void {
   const key = `attn-head:${p.kind}:${fixed}:${c.D}:${c.TL}:${c.WS}:${c.U}:${c.VS}`;
   const pl = ctx.pipeline(key, () => headDecodeShader(c, p.kind, fixed));
-  const params = new Params().u(start, cache.maxLen, p.numHeads, p.numKVHeads, start + 1).f(p.eps, p.scale).u(cache.vOff / 4);
+  const params = new Params().u(cache.maxLen, p.numHeads, p.numKVHeads, start + 1).f(p.eps, p.scale).u(cache.vOff / 4);
   ctx.dispatch(pl, params, [q, kvBuf, cache.valid, mass, out], [p.numHeads, cache.batch, c.VS]);
 }

@@ -23,7 +23,7 @@
  */
 import { GravityError } from '../../errors.js';
 import { Params, type GpuContext } from './context.js';
-import { scalarLoad, tileProduct, vecWidth, type WDType } from './wgsl.js';
+import { scalarLoad, tileMain, tileProduct, vecWidth, type WDType } from './wgsl.js';
 
 export interface GemmConfig {
   /** output tile rows (of x) and columns (rows of w) */
@@ -302,12 +302,7 @@ ${scalarLoad('w', 2, dt)}
 ${bias ? scalarLoad('bias', 4, bias) : ''}
 var<workgroup> As: array<vec4<f32>, ${(LTK * TM) / 4}>;   // [k][row of x], 4 rows a vector
 var<workgroup> Bs: array<vec4<f32>, ${(LTK * TM) / 4}>;   // [k][row of w]
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
-  let o0 = wid.x * ${TM}u;
-  let m0 = wid.y * ${TM}u;
-  let tx = li.x;
-  let ty = li.y;
+${tileMain(TM)}
   let lr = lid / ${TPRW}u;
   let lk = (lid % ${TPRW}u) * ${L}u;
   let xm = m0 + lr;

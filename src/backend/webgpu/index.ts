@@ -20,7 +20,7 @@ import { attentionKernel } from './attention.js';
 import { SHORT_KEYS, VSPLIT } from './attention-decode.js';
 import { sampleTopKKernel } from './sample-topk.js';
 import { penalizeKernel } from './penalty.js';
-import { DEVICE_TOPK_MAX, type DrawFilters } from '../../generate/sampling.js';
+import { DEVICE_TOPK_MAX, deviceDraws, validateSampling, type DrawFilters } from '../../generate/sampling.js';
 import { asWeightType, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
@@ -405,15 +405,13 @@ export class WebGPUBackend implements Backend {
     if (!(temperature > 0 && Number.isFinite(temperature))) throw new GravityError(`sampleDevice: temperature must be > 0, got ${temperature}`);
     if (u.length !== R) throw new GravityError(`sampleDevice: ${u.length} uniforms for ${R} rows`);
     for (const v of u) if (!(v >= 0 && v < 1)) throw new GravityError(`sampleDevice: uniforms must be in [0, 1), got ${v}`);
-    const f = { topK: filters.topK ?? 0, topP: filters.topP ?? 1, minP: filters.minP ?? 0 };
-    if (!(f.topP > 0 && f.topP <= 1) || !(f.minP >= 0 && f.minP <= 1)) throw new GravityError(`sampleDevice: top-p must be in (0, 1] and min-p in [0, 1], got ${f.topP} and ${f.minP}`);
-    const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'sampled ids'), R * 4, true);
-    if (f.topK === 0 && f.topP === 1 && f.minP === 0) sampleKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, u);
-    else if (Number.isInteger(f.topK) && f.topK >= 1 && f.topK <= DEVICE_TOPK_MAX && f.topK < V) sampleTopKKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, f, u);
-    else {
-      this.dispose(out);
+    const f = validateSampling({ temperature, ...filters });
+    if (!deviceDraws(f, V)) {
       throw new GravityError(`sampleDevice: filters need a top-k in [1, ${Math.min(DEVICE_TOPK_MAX, V - 1)}] on the device, got top-k ${f.topK} (top-p ${f.topP}, min-p ${f.minP})`);
     }
+    const out = new GpuTensor([R], 'I32', this.ctx.alloc(R * 4, 'sampled ids'), R * 4, true);
+    if (f.topK === 0) sampleKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, u);
+    else sampleTopKKernel(this.ctx, t.buf, out.buf, R, V, 1 / temperature, f, u);
     return out;
   }
 

@@ -13,7 +13,7 @@
  */
 import { GravityError } from '../../errors.js';
 import { Params, roundUp, type GpuContext } from './context.js';
-import { FLAT_WG, scalarLoad, tileProduct, type WDType } from './wgsl.js';
+import { FLAT_WG, scalarLoad, tileMain, tileProduct, type WDType } from './wgsl.js';
 
 /** bytes (int8 values) per packed row are a multiple of this: any BK in {32, 64, 128} divides it */
 export const KPAD = 128;
@@ -188,12 +188,7 @@ function dp4aShader(bias: WDType | null, TM: number): string {
 ${epilogueDecl(bias, 6)}
 var<workgroup> As: array<vec4<u32>, ${(TKW * TM) / 4}>;   // [word k][row], 4 rows a vector
 var<workgroup> Bs: array<vec4<u32>, ${(TKW * TM) / 4}>;
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
-  let o0 = wid.x * ${TM}u;
-  let m0 = wid.y * ${TM}u;
-  let tx = li.x;
-  let ty = li.y;
+${tileMain(TM)}
   let K16 = p.K4 / 4u; // vec4 per packed row
   var acc: array<array<i32, ${MT}>, ${MT}>;
   for (var k0 = 0u; k0 < K16; k0 += ${TKW / 4}u) {

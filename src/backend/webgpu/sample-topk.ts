@@ -145,7 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var n = 0u;
   var block = false;
   var tied = 0u;
-  var kth = 0u;
+  var kth = 0u;   // the radix select's k-th key (the ladder leaves it 0: its list is never empty, it has no block of ties)
   if (ok) {
     for (var j = lid; j < p.V; j += WS) {
       let v = x[base + j];
@@ -253,7 +253,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       counts = vec3<u32>(e, 0u, 0u);
     }
     n = workgroupUniformLoad(&counts).x;
-    kth = keyOf(cx[p.k - 1u]);
   }
   let top = select(valueOf(kth), cx[0], n > 0u);
   for (var j = lid; j < n; j += WS) { cw[j] = exp((cx[j] - top) * p.invT); }

@@ -206,6 +206,19 @@ var<workgroup> nred: array<f32, ${NB * parts}>;`,
 }
 
 /**
+ * The entry of a register-tiled GEMM (16 x 16 threads): output tile origins o0 (weight rows, x) and m0 (input rows,
+ * y) of a TM x TM tile, and the thread's (tx, ty) in it.
+ */
+export function tileMain(TM: number): string {
+  return `@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) li: vec3<u32>) {
+  let o0 = wid.x * ${TM}u;
+  let m0 = wid.y * ${TM}u;
+  let tx = li.x;
+  let ty = li.y;`;
+}
+
+/**
  * The k loop of a register-tiled GEMM: per step kk, this thread's MT values of A and of B (vec4 rows of the
  * workgroup tiles As / Bs, TM wide, k-major) go to registers, then acc[i][j] takes mac(acc[i][j], a_i, b_j) for the
  * MT x MT block. `vec` is the tiles' vec4 element type: f32 for the float GEMM, u32 for packed int8 (DP4A).
