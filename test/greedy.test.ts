@@ -92,7 +92,8 @@ function checkBackend(label: string, make: () => Promise<CausalLM>, nanMasses: b
         assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, temperature ${temperature}`);
       }
       // with top-k (and top-p / min-p): the stream draws on the device too (webgpu/sample-topk.ts)
-      for (const [seed, f] of [[4, { topK: 5 }], [5, { topK: 40, topP: 0.7 }], [6, { topK: 200, topP: 0.95, minP: 0.02 }]] as const) {
+      // (top-p or min-p alone: drawn on the host inside the stream)
+      for (const [seed, f] of [[4, { topK: 5 }], [5, { topK: 40, topP: 0.7 }], [6, { topK: 200, topP: 0.95, minP: 0.02 }], [10, { topP: 0.8 }], [11, { minP: 0.1 }]] as const) {
         const a = await generate(m, g.prompt, { temperature: 1.1, seed, maxTokens: 16, ...f });
         const b = await generate(m, g.prompt, { temperature: 1.1, seed, maxTokens: 16, noDeviceGreedy: true, ...f });
         assert.deepEqual(a.outputIds, b.outputIds, `seed ${seed}, ${JSON.stringify(f)}`);
@@ -123,6 +124,8 @@ function checkBackend(label: string, make: () => Promise<CausalLM>, nanMasses: b
       assert.equal(s.positions[0], g.prompt.length + 5);
       m.closeSession(s);
       assert.throws(() => m.sampleStream!(m.newSession(1, 8), [1], 0, () => 0.5), /temperature must be > 0/);
+      assert.throws(() => m.greedyStream!(m.newSession(1, 8), [1], 3, { value: 0, history: [[1]] }), /repetition penalty must be > 0, got 0/);
+      assert.throws(() => m.sampleStream!(m.newSession(1, 8), [1], 1, () => 0.5, 3, { value: 1.2, history: [[1], [2]] }), /repetition penalty: 2 histories for a batch of 1/);
     });
 
     // (the GPU kernels' NaN propagation is the hardware's min/max semantics; the op test below covers the GPU check)

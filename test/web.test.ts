@@ -28,11 +28,20 @@ function folderFiles(dir: string, change: Record<string, Uint8Array | null> = {}
   };
 }
 
+/** the browser bundle of the current sources (not whatever dist/ holds), built once for the tests below */
+let bundle: Promise<string> | null = null;
+function bundleOnce(): Promise<string> {
+  bundle ??= (async () => {
+    const { buildWeb } = await import('../scripts/build-web.mjs');
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-')), 'gravity.js');
+    await buildWeb({ outfile: out });
+    return out;
+  })();
+  return bundle;
+}
+
 test('the browser bundle builds with no Node module in it', async () => {
-  const { buildWeb } = await import('../scripts/build-web.mjs');
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-')), 'gravity.js');
-  await buildWeb({ outfile: out, minify: false });
-  const js = fs.readFileSync(out, 'utf8');
+  const js = fs.readFileSync(await bundleOnce(), 'utf8');
   assert.ok(js.length > 100_000, 'the bundle holds the engine');
   assert.doesNotMatch(js, /from\s*["']node:/, 'no static import of a Node module');
   assert.match(js, /loadModelFrom/);
@@ -102,18 +111,25 @@ test('the fetch-based loader names the problem: missing config, corrupt or trunc
   const fake = (status: number) => (async () => new Response('x', { status })) as typeof fetch;
   assert.equal(await urlFiles('http://h/m', fake(404))('config.json'), null);
   await assert.rejects(urlFiles('http://h/m/', fake(500))('config.json'), /http:\/\/h\/m\/config\.json: HTTP 500/);
+  // ranged reads: a server that answers the probe with 206 but a range with 200, or with too few bytes
+  const ranged = (status: number, body: number) => (async (_u: string | URL | Request, init?: RequestInit) => {
+    const range = new Headers(init?.headers).get('range');
+    if (range === 'bytes=0-0') return new Response(new Uint8Array(1), { status: 206, headers: { 'content-range': 'bytes 0-0/100' } });
+    return new Response(new Uint8Array(body), { status });
+  }) as typeof fetch;
+  const f200 = (await urlFiles('http://h/m', ranged(200, 8)).open!('model.safetensors'))!;
+  assert.equal(f200.size, 100);
+  await assert.rejects(f200.read(0, 8), /http:\/\/h\/m\/model\.safetensors: bytes 0-7: HTTP 200 .*\(expected 206 Partial Content\)/);
+  const fShort = (await urlFiles('http://h/m', ranged(206, 5)).open!('model.safetensors'))!;
+  await assert.rejects(fShort.read(0, 8), /http:\/\/h\/m\/model\.safetensors: bytes 0-7: got 5 bytes/);
   const down = (async () => { throw new TypeError('fetch failed'); }) as typeof fetch;
   await assert.rejects(urlFiles('http://h/m', down)('config.json'), /http:\/\/h\/m\/config\.json: cannot fetch \(fetch failed\)/);
 });
 
 let server: { url: string; close(): Promise<void> } | null = null;
 before(async () => {
-  // the page gets a bundle of the current sources (not whatever dist/ holds)
-  const { buildWeb } = await import('../scripts/build-web.mjs');
-  const bundle = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-')), 'gravity.js');
-  await buildWeb({ outfile: bundle });
   const { startWebServer } = await import('../src/cli/web.js');
-  server = await startWebServer({ modelDir: MINI, port: 0, bundle });
+  server = await startWebServer({ modelDir: MINI, port: 0, bundle: await bundleOnce() });
 });
 after(async () => server?.close());
 
@@ -134,6 +150,10 @@ test('gravity web serves the page, the bundle and the model folder, read-only', 
   const { run } = await import('../src/cli/web.js');
   await assert.rejects(run(['--port', 'abc']), /--port must be a whole number in \[0, 65535\], got 'abc'/);
   await assert.rejects(run(['--model', FIXTURES, '--port', '0']), /no config\.json \(not a model folder\)/);
+  const { startWebServer } = await import('../src/cli/web.js');
+  await assert.rejects(startWebServer({ modelDir: MINI, port: 0, bundle: '/nonexistent/gravity.js' }), /\/nonexistent\/gravity\.js is missing: run `npm run build` first/);
+  const port = Number(new URL(url).port);
+  await assert.rejects(startWebServer({ modelDir: MINI, port, bundle: await bundleOnce() }), new RegExp(`port ${port} is in use: pass --port N`));
 });
 
 test('gravity web answers byte ranges (the loader reads weights tensor by tensor)', async () => {

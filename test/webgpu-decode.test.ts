@@ -270,6 +270,7 @@ test('sampleDevice with top-k / top-p / min-p: the CPU sampler\'s draw (drawToke
   await assert.rejects(be.readIds(be.sampleDevice(bad, 1, Float32Array.of(0.5), { topK: 2 })), /NaN or infinity/);
   assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topP: 0.9 }), /filters need a top-k in \[1, 256\] on the device, got top-k 0/);
   assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topK: 257 }), /top-k in \[1, 256\]/);
+  assert.throws(() => be.sampleDevice(xt, 1, new Float32Array(R), { topK: 5, topP: 1.5 }), /top-p must be in \(0, 1\], got 1.5/);
 });
 
 test('penalizeDevice: the repetition penalty of the CPU sampler, with a mask that marks each step\'s fed ids on the device', async () => {
@@ -294,4 +295,6 @@ test('penalizeDevice: the repetition penalty of the CPU sampler, with a mask tha
   assert.deepEqual(await be.read(t2), want([[...hist[0], 77], [...hist[1], 177]], 1.25));
   assert.throws(() => be.penalizeDevice(t2, seen, null, 0), /penalty must be > 0/);
   assert.throws(() => be.penalizeDevice(be.fromF32(new Float32Array(3 * V), [3, V]), seen, null, 1.5), /mask \[2, 32\] for 3 rows of 1000 logits/);
+  const seen3 = be.seenMaskDevice(V, [[], [], []]);
+  assert.throws(() => be.penalizeDevice(be.fromF32(new Float32Array(3 * V), [3, V]), seen3, prev, 1.5), /penalizeDevice: 2 previous ids for 3 rows/);
 });
