@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AttentionKind, Backend } from '../backend/backend.js';
-import { createCpuBackend } from '../backend/cpu/index.js';
+import { createBackend, type DeviceName } from '../backend/create.js';
 import { ATTENTION_KINDS, DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
 import { defaultsFromConfig, type ModelDefaults } from '../io/model-files.js';
 
@@ -18,7 +18,7 @@ import { Qwen2Model, uploadWeights } from './qwen2.js';
 import type { CausalLM } from './types.js';
 import type { HostTensor } from '../tensor/dtype.js';
 
-export type DeviceName = 'cpu' | 'webgpu' | 'auto';
+export { createBackend, type DeviceName } from '../backend/create.js';
 
 export interface LoadOptions {
   device?: DeviceName;
@@ -56,20 +56,6 @@ let adapterLoader: ((dir: string, numLayers: number) => Promise<WeightTransform>
 /** Registered by train/ so that model/ does not depend on training code. */
 export function registerAdapterLoader(f: (dir: string, numLayers: number) => Promise<WeightTransform>): void {
   adapterLoader = f;
-}
-
-/**
- * `int8Prefill`: on WebGPU, prefill linears in int8 (per-row int8 weights x int8 activations, i32 sums; tensor
- * cores where the adapter has i8 subgroup matrices, else DP4A). Faster prefill, not exact (~1e-2 relative logits).
- */
-export async function createBackend(device: DeviceName = 'cpu', opts: { int8Prefill?: boolean } = {}): Promise<Backend> {
-  if (opts.int8Prefill && device === 'cpu') fail('--int8-prefill is a WebGPU option: add --device webgpu (or auto)');
-  if (device === 'cpu') return createCpuBackend();
-  const wg = await import('../backend/webgpu/index.js');
-  const wopts = opts.int8Prefill ? { q8: 'auto' as const } : {};
-  if (device === 'webgpu') return wg.createWebGPUBackend(wopts);
-  if (device === 'auto') return (await wg.webgpuAvailable()) ? wg.createWebGPUBackend(wopts) : createCpuBackend();
-  return fail(`unknown device '${device}' (cpu, webgpu, auto)`);
 }
 
 /** The gravity_attention / gravity_eps keys of a folder's config.json (written by full training runs). */

@@ -6,6 +6,7 @@
  * tokenizer.json, tokenizer_config.json and chat_template.jinja.
  */
 import type { AttentionKind, Backend, Tensor } from '../backend/backend.js';
+import { createBackend, type DeviceName } from '../backend/create.js';
 import type { HostTensor } from '../tensor/dtype.js';
 import { DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
 import { fail } from '../errors.js';
@@ -71,7 +72,7 @@ export function urlFiles(base: string, fetchFn: typeof fetch = fetch): FileGette
 
 export interface WebLoadOptions {
   /** 'auto' (default): WebGPU where an adapter exists, else the CPU */
-  device?: 'cpu' | 'webgpu' | 'auto';
+  device?: DeviceName;
   backend?: Backend;
   attention?: AttentionKind;
   eps?: number;
@@ -157,15 +158,6 @@ async function fetchWeights(get: FileGetter, label: string): Promise<AsyncWeight
   };
 }
 
-async function createBackend(device: WebLoadOptions['device']): Promise<Backend> {
-  const { createCpuBackend } = await import('../backend/cpu/index.js');
-  if (device === 'cpu') return createCpuBackend();
-  const wg = await import('../backend/webgpu/index.js');
-  if (device === 'webgpu') return wg.createWebGPUBackend();
-  if (device === undefined || device === 'auto') return (await wg.webgpuAvailable()) ? wg.createWebGPUBackend() : createCpuBackend();
-  return fail(`unknown device '${String(device)}' (cpu, webgpu, auto)`);
-}
-
 /** Loads a model whose files come from `get` (see urlFiles), with its tokenizer and generation defaults. */
 export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}): Promise<WebModel> {
   const label = opts.label ?? 'model';
@@ -204,7 +196,7 @@ export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}):
   const template = await get('chat_template.jinja');
   const tokenizer = tokJson ? TextTokenizer.fromObjects(tokJson, tokConfig, template ? text(template) : undefined) : null;
 
-  const be = opts.backend ?? (await createBackend(opts.device));
+  const be = opts.backend ?? (await createBackend(opts.device ?? 'auto'));
   // one tensor in host memory at a time: read, upload, drop
   const plan = weightPlan(cfg);
   const up = new Map<string, Tensor>();
