@@ -180,6 +180,55 @@ test('decode attention in one dispatch (workgroups per query head): every kind, 
   }
 });
 
+test('decode attention + o projection with key-split partials merged by the o GEMV: every kind, splits 1 to 8, value slices, masked keys, bias, batch 2, bf16 and f32 weights', async () => {
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const cpu = createCpuBackend();
+  const tuning = { ...be.ctx.decodeTuning };
+  be.ctx.decodeTuning.shortKeys = 1 << 20;
+  try {
+    for (const [Hq, Hkv, D, B, C] of [[8, 2, 32, 1, 48], [4, 1, 128, 2, 40]]) {
+      const maxLen = 300;
+      const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
+      const k = rand(B * maxLen * Hkv * D, 71 + D, 0.5);
+      const v = rand(B * maxLen * Hkv * D, 72 + D);
+      const caches = [be, cpu].map((bk) => {
+        const c = bk.createKVCache(1, B, maxLen, Hkv, D);
+        bk.writeKV(c, 0, bk.fromF32(k, [B * maxLen, Hkv * D]), bk.fromF32(v, [B * maxLen, Hkv * D]), 0, maxLen);
+        c.keyValid.fill(1);
+        for (let s = 5; s < B * maxLen; s += 13) c.keyValid[s] = 0;
+        return c;
+      });
+      const kinds: [string, ReturnType<typeof attentionParams>][] = [
+        ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
+        ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
+        ['gravity-pure', attentionParams('gravity-pure', cfg, new Float32Array(Hq).fill(0.3), 0.1)],
+        ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
+      ];
+      for (const dt of ['BF16', 'F32'] as const) {
+        const host = fromF32(rand(C * Hq * D, 73, 0.2), [C, Hq * D], dt);
+        const w = [be.upload(host), cpu.upload(host)];
+        const bias = [be.fromF32(rand(C, 74), [C]), cpu.fromF32(rand(C, 74), [C])];
+        // keys per part 32: 5 keys no split, 40 two, 130 five, 300 eight (the cap, 38 keys each); 1 and 2 value slices
+        for (const [kpp, vsplit, keys] of [[32, 1, 5], [32, 1, 40], [32, 1, 130], [32, 2, 130], [32, 1, 250], [32, 1, 300], [7, 2, 300]]) {
+          be.ctx.decodeTuning.keysPerPart = kpp;
+          be.ctx.decodeTuning.vsplit = vsplit;
+          const q = rand(B * Hq * D, 75 + keys, 0.5);
+          const res = rand(B * C, 76 + keys);
+          for (const [what, p] of kinds) {
+            const got = await be.read(be.fused.attentionOut(be.fromF32(q, [B, Hq * D]), caches[0], 0, keys - 1, 1, p, w[0], bias[0], be.fromF32(res, [B, C])));
+            const a = cpu.attention(cpu.fromF32(q, [B, Hq * D]), caches[1], 0, keys - 1, 1, p);
+            const want = await cpu.read(cpu.add(cpu.fromF32(res, [B, C]), cpu.linear(a, w[1], bias[1])));
+            const e = relErr(got, want);
+            assert.ok(e <= 1e-5, `D=${D} B=${B} ${dt} ${what}, ${keys} keys, parts of ${kpp}, ${vsplit} value slices: rel err ${e.toExponential(2)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    be.ctx.decodeTuning = tuning;
+  }
+});
+
 /** the CPU draw in float64: first id whose running sum of exp((x - max) / T) passes u * sum; also how close u was to a boundary */
 function drawRef(x: Float32Array, T: number, u: number): { id: number; margin: number } {
   let max = -Infinity;

@@ -73,6 +73,8 @@ export interface FusedLayerOps {
   gateUp(h: Tensor, gate: Tensor, gateb: Tensor | null, up: Tensor, upb: Tensor | null, norm?: NormArg): Tensor;
   /** add(res, linear(x, w, b)): the residual add of a decoder layer */
   linearAdd(x: Tensor, w: Tensor, b: Tensor | null, res: Tensor): Tensor;
+  /** add(res, linear(attention(q, cache, layer, start, T, p), w, b)): attention and the o projection of a layer */
+  attentionOut(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams, w: Tensor, b: Tensor | null, res: Tensor): Tensor;
 }
 
 /** an RMSNorm to apply to a fused op's input first */

@@ -412,10 +412,8 @@ export class Qwen2Model implements CausalLM {
       const q = f.qkvRope(x, w, pos, c.ropeTheta, c.numHeads, session.cache, l, start, T, { w: w.inputNorm, eps }); // [B*T, Hq*D]
       const p = attentionParams(this.attention, c, this.massLog[l], this.eps);
       if (opts.attentionMaps) opts.attentionMaps.push(await be.attentionProbs(q, session.cache, l, start, T, p));
-      const a = be.attention(q, session.cache, l, start, T, p); // [B*T, Hq*D]
+      const x1 = f.attentionOut(q, session.cache, l, start, T, p, w.o, w.ob, x); // [B*T, C]
       be.dispose(q);
-      const x1 = f.linearAdd(a, w.o, w.ob, x); // [B*T, C]
-      be.dispose(a);
       be.dispose(x);
       const m = f.gateUp(x1, w.gate, w.gateb, w.up, w.upb, { w: w.postNorm, eps }); // [B*T, I]
       x = f.linearAdd(m, w.down, w.downb, x1); // [B*T, C]

@@ -28,6 +28,13 @@ const HEAD_WG = Number((typeof process !== 'undefined' && process.env?.GRAVITY_D
 const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_UNROLL) || 4);
 /** workgroups per query head, each with a 1/VSPLIT slice of the value columns (GRAVITY_DECODE_VSPLIT) */
 export const VSPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_VSPLIT) || 2);
+/**
+ * Keys per split of the key axis where decode attention hands its partials to the o projection
+ * (GRAVITY_DECODE_KEYS_PER_PART; 0 = no split). See attentionPartsKernel.
+ */
+export const KEYS_PER_PART = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_PART) ?? 128);
+/** at most this many key splits (the o projection sums them for every input element it reads) */
+export const MAX_PARTS = 8;
 
 interface HeadCfg {
   D: number;
@@ -55,7 +62,11 @@ export function headDecodeCfg(ctx: GpuContext, D: number): HeadCfg | null {
   return { D, TL, WS, U: Math.max(1, UNROLL), VS: Math.floor(VS) };
 }
 
-export function headDecodeShader(c: HeadCfg, kind: AttentionKind, fixed: boolean): string {
+/**
+ * split: workgroup z = value slice + VS * key split; the split takes keys [s * p.kps, (s + 1) * p.kps) and writes its
+ * unnormalised partial (o, and m, l per row) for the reader to merge (partsLoad), instead of o / l.
+ */
+export function headDecodeShader(c: HeadCfg, kind: AttentionKind, fixed: boolean, split = false): string {
   const gravity = kind !== 'dot';
   const pure = kind === 'gravity-pure';
   const running = !pure && !fixed;
@@ -98,9 +109,10 @@ export function headDecodeShader(c: HeadCfg, kind: AttentionKind, fixed: boolean
     var O = 0.0;
     for (var t = 0u; t < TEAMS; t++) { L += red[t * RS + VD + 1u]; O += red[t * RS + d]; }`;
   return `enable subgroups;
-struct P { maxLen: u32, Hq: u32, Hkv: u32, keys: u32, eps: f32, scale: f32, vOff4: u32 }
+struct P { maxLen: u32, Hq: u32, Hkv: u32, keys: u32, eps: f32, scale: f32, vOff4: u32, kps: u32, rows: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${attentionBindings()}
+${split ? '@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // (m, l) per split and row' : ''}
 const D = ${c.D}u;
 const D4 = ${D4}u;
 const TL = ${c.TL}u;
@@ -124,20 +136,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var m = ${pure ? '0.0' : fixed ? 'mass[h] / p.eps' : '-1.0e30'};
   var l = 0.0;
   var o: array<vec4<f32>, DVV>;
-  let v0 = wid.z * VL;
-  // a uniform loop (the shuffles need every lane): keys past p.keys are loaded clamped and masked
-  for (var base = 0u; base < p.keys; base += TEAMS * U) {
+  let v0 = (wid.z % ${c.VS}u) * VL;
+  let split = wid.z / ${c.VS}u;
+  let k0 = split * p.kps;
+  let k1 = min(k0 + p.kps, p.keys);
+  // a uniform loop (the shuffles need every lane): keys past k1 are loaded clamped and masked
+  for (var base = k0; base < k1; base += TEAMS * U) {
     var kk: array<vec4<f32>, ${c.U * DV}>;
     var vv: array<vec4<f32>, ${c.U * DVV}>;
     var ok: array<bool, U>;
     for (var u = 0u; u < U; u++) {
       let j = base + team + TEAMS * u;
-      let row = (bh * p.maxLen + min(j, p.keys - 1u)) * D4 + lane;
+      let row = (bh * p.maxLen + min(j, k1 - 1u)) * D4 + lane;
       for (var i = 0u; i < DV; i++) { kk[u * DV + i] = kv[row + TL * i]; }
       if (${vGuard}) {
         for (var i = 0u; i < DVV; i++) { vv[u * DVV + i] = kv[p.vOff4 + row + v0 + TL * i]; }
       }
-      ok[u] = j < p.keys && valid[b * p.maxLen + min(j, p.keys - 1u)] != 0u;
+      ok[u] = j < k1 && valid[b * p.maxLen + min(j, k1 - 1u)] != 0u;
     }
     var s: array<f32, U>;
     for (var u = 0u; u < U; u++) {
@@ -158,7 +173,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   for (var d = lid; d < VD; d += ${c.WS}u) {
     ${merge}
-    out[(b * p.Hq + h) * D + v0 * 4u + d] = select(0.0, O / L, L > 0.0);
+    ${split
+      ? `let r = split * p.rows + b * p.Hq + h;
+    out[r * D + v0 * 4u + d] = O;
+    if (d == 0u && v0 == 0u) { ml[r] = vec2<f32>(${running ? 'M' : 'm'}, L); }`
+      : 'out[(b * p.Hq + h) * D + v0 * 4u + d] = select(0.0, O / L, L > 0.0);'}
   }
 }`;
 }
@@ -166,10 +185,53 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 /** decode (T = 1) attention of every (batch, query head) in one dispatch; keys = start + 1 */
 export function headDecodeKernel(
   ctx: GpuContext, c: HeadCfg, q: GPUBuffer, cache: GpuKVCache, kvBuf: GPUBuffer, start: number, p: AttentionParams, fixed: boolean,
-  mass: { data: Float32Array }, out: GPUBuffer,
+  mass: { data: Float32Array }, out: GPUBuffer, parts: { n: number; kps: number; ml: GPUBuffer } | null = null,
 ): void {
-  const key = `attn-head:${p.kind}:${fixed}:${c.D}:${c.TL}:${c.WS}:${c.U}:${c.VS}`;
-  const pl = ctx.pipeline(key, () => headDecodeShader(c, p.kind, fixed));
-  const params = new Params().u(cache.maxLen, p.numHeads, p.numKVHeads, start + 1).f(p.eps, p.scale).u(cache.vOff / 4);
-  ctx.dispatch(pl, params, [q, kvBuf, cache.valid, mass, out], [p.numHeads, cache.batch, c.VS]);
+  const split = parts !== null;
+  const key = `attn-head:${p.kind}:${fixed}:${c.D}:${c.TL}:${c.WS}:${c.U}:${c.VS}:${split}`;
+  const pl = ctx.pipeline(key, () => headDecodeShader(c, p.kind, fixed, split));
+  const keys = start + 1;
+  const params = new Params().u(cache.maxLen, p.numHeads, p.numKVHeads, keys).f(p.eps, p.scale).u(cache.vOff / 4, parts?.kps ?? keys, cache.batch * p.numHeads);
+  const binds = [q, kvBuf, cache.valid, mass, out];
+  if (parts) binds.push(parts.ml);
+  ctx.dispatch(pl, params, binds, [p.numHeads, cache.batch, c.VS * (parts?.n ?? 1)]);
+}
+
+/** how decode attention over `keys` keys splits its key axis for the o projection: null = no split (one o / l) */
+export function decodeParts(keys: number, kpp = KEYS_PER_PART): { n: number; kps: number } | null {
+  if (!(kpp > 0) || keys <= kpp) return null;
+  const n0 = Math.min(MAX_PARTS, Math.ceil(keys / kpp));
+  const kps = Math.ceil(keys / n0);
+  return { n: Math.ceil(keys / kps), kps };
+}
+
+/**
+ * WGSL for a GEMV input that is decode attention's split partials (headDecodeShader with split): `xin(i)` is vec4 i
+ * of the merged output, rows of D per (batch, query head): o = sum_s w_s o_s / sum_s w_s l_s, w_s = exp(m_s - max m)
+ * (sums: every split shares one fixed m, the weights are 1). Bindings: the partials [S][rows][D] as array<vec4<f32>>
+ * at `binding`, (m, l) [S][rows] at `mlBinding`; `rows` is the WGSL expression of the row count.
+ */
+export function partsLoad(S: number, D: number, sums: boolean, binding: number, mlBinding: number, rows: string): string {
+  const splits = Array.from({ length: S }, (_, s) => s);
+  const ml = splits.map((s) => `let e${s} = ml[${s}u * R + r];`).join(' ');
+  const merge = sums
+    ? `${splits.map((s) => `let o${s} = part[${s}u * R * D4 + i];`).join(' ')}
+  let O = ${splits.map((s) => `o${s}`).join(' + ')};
+  let L = ${splits.map((s) => `e${s}.y`).join(' + ')};`
+    : `${splits.map((s) => `let o${s} = part[${s}u * R * D4 + i];`).join(' ')}
+  let M = max(${splits.map((s) => `e${s}.x`).reduce((a, b) => `max(${a}, ${b})`)}, -1.0e30);
+  ${splits.map((s) => `let w${s} = exp(e${s}.x - M);`).join(' ')}
+  let O = ${splits.map((s) => `o${s} * w${s}`).join(' + ')};
+  let L = ${splits.map((s) => `e${s}.y * w${s}`).join(' + ')};`;
+  return `@group(0) @binding(${binding}) var<storage, read> part: array<vec4<f32>>;
+@group(0) @binding(${mlBinding}) var<storage, read> ml: array<vec2<f32>>;
+fn xin(i: u32) -> vec4<f32> {
+  let D4 = ${D / 4}u;
+  let R = ${rows};
+  let r = i / D4;
+  ${ml}
+  ${merge}
+  return select(vec4<f32>(0.0), O / L, L > 0.0);
+}
+`;
 }

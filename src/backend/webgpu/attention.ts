@@ -28,7 +28,7 @@ import { Params, roundUp, type GpuContext } from './context.js';
 import { attentionBindings } from './wgsl.js';
 import type { GpuKVCache } from './kvcache.js';
 import { choosePrefillCfg, prefillKey, prefillShader } from './attention-prefill.js';
-import { headDecodeCfg, headDecodeKernel } from './attention-decode.js';
+import { decodeParts, headDecodeCfg, headDecodeKernel } from './attention-decode.js';
 
 interface Cfg {
   D: number;
@@ -290,18 +290,54 @@ const DECODE_KV1 = (typeof process !== 'undefined' && process.env?.GRAVITY_DECOD
  */
 const MIN_KEYS_PER_SPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_SPLIT) || 32);
 
-export function attentionKernel(
-  ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
-): void {
+function checkAttention(c: GpuKVCache, start: number, T: number, p: AttentionParams): void {
   const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
   if (Hkv !== c.numKVHeads || D !== c.headDim) {
     throw new GravityError(`attention: params say ${Hkv} kv heads x ${D}, the cache has ${c.numKVHeads} x ${c.headDim}`);
   }
   if (Hq % Hkv !== 0) throw new GravityError(`attention: ${Hq} query heads is not a multiple of ${Hkv} kv heads`);
   if (start + T > c.maxLen) throw new GravityError(`KV cache full: ${start + T} > ${c.maxLen} slots`);
-  const gravity = p.kind !== 'dot';
-  if (gravity && (!p.massSq || p.massSq.length !== Hq)) throw new GravityError(`attention: gravity needs massSq of length ${Hq}`);
+  if (p.kind !== 'dot' && (!p.massSq || p.massSq.length !== Hq)) throw new GravityError(`attention: gravity needs massSq of length ${Hq}`);
   if (D % 4 !== 0) throw new GravityError(`attention: head dim ${D} is not a multiple of 4 (the webgpu kernels read vec4)`);
+}
+
+/** decode attention's output as split partials, for a GEMV to merge on load (PartsInput) */
+export interface AttentionParts {
+  part: GPUBuffer;
+  ml: GPUBuffer;
+  S: number;
+  D: number;
+  sums: boolean;
+}
+
+/**
+ * Decode (T = 1) attention as key-split partials where the one-dispatch kernel applies and the keys are many enough
+ * to split (attention-decode.ts decodeParts): the splits run side by side on more SMs, and instead of a combine
+ * dispatch the o projection merges them as it loads its input. Returns null (nothing dispatched) elsewhere; the
+ * caller releases part and ml.
+ */
+export function attentionPartsKernel(ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, p: AttentionParams): AttentionParts | null {
+  checkAttention(c, start, 1, p);
+  const keys = start + 1;
+  const parts = keys <= ctx.decodeTuning.shortKeys ? decodeParts(keys, ctx.decodeTuning.keysPerPart) : null;
+  const hc = parts ? headDecodeCfg(ctx, p.headDim) : null;
+  if (!parts || !hc) return null;
+  c.syncMask();
+  const fixed = gravityFixedMax(p);
+  const rows = c.batch * p.numHeads;
+  const part = ctx.alloc(parts.n * rows * p.headDim * 4, 'attention partials');
+  const ml = ctx.alloc(parts.n * rows * 8, 'attention partial (m, l)');
+  const mass = { data: p.kind !== 'dot' ? p.massSq! : new Float32Array(1) };
+  headDecodeKernel(ctx, hc, q, c, c.layers[layer].kv, start, p, fixed, mass, part, { ...parts, ml });
+  return { part, ml, S: parts.n, D: p.headDim, sums: fixed || p.kind === 'gravity-pure' };
+}
+
+export function attentionKernel(
+  ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, T: number, p: AttentionParams, out: GPUBuffer,
+): void {
+  checkAttention(c, start, T, p);
+  const { numHeads: Hq, numKVHeads: Hkv, headDim: D } = p;
+  const gravity = p.kind !== 'dot';
   const G = Hq / Hkv;
   const B = c.batch;
   const L = c.layers[layer];

@@ -151,9 +151,9 @@ export class GpuContext {
   private profilePasses = false;
   /**
    * decode attention (attention-decode.ts): at most shortKeys keys take the one-dispatch kernel (0 = never), with
-   * vsplit workgroups per query head
+   * vsplit workgroups per query head; before the o projection its key axis splits every keysPerPart keys (0 = never)
    */
-  decodeTuning = { shortKeys: 0, vsplit: 1 };
+  decodeTuning = { shortKeys: 0, vsplit: 1, keysPerPart: 0 };
 
   constructor(readonly device: GPUDevice, profile: boolean | 'pass' = false, readonly sg = 0) {
     if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);

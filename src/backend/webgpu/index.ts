@@ -16,12 +16,12 @@ import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
 import { sampleKernel } from './sample.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
-import { attentionKernel } from './attention.js';
-import { SHORT_KEYS, VSPLIT } from './attention-decode.js';
+import { attentionKernel, attentionPartsKernel } from './attention.js';
+import { KEYS_PER_PART, SHORT_KEYS, VSPLIT } from './attention-decode.js';
 import { sampleTopKKernel } from './sample-topk.js';
 import { penalizeKernel } from './penalty.js';
 import { DEVICE_TOPK_MAX, deviceDraws, validateSampling, type DrawFilters } from '../../generate/sampling.js';
-import { asWeightType, type WDType } from './wgsl.js';
+import { asWeightType, vecWidth, type WDType } from './wgsl.js';
 import type { KernelTime } from './profile.js';
 
 export { webgpuAvailable } from './device.js';
@@ -57,6 +57,7 @@ export class WebGPUBackend implements Backend {
     qkvRope: (h, w, pos, theta, H, cache, layer, start, T, norm) => this.qkvRope(h, w, pos, theta, H, cache, layer, start, T, norm),
     gateUp: (h, g, gb, u, ub, norm) => this.gateUp(h, g, gb, u, ub, norm),
     linearAdd: (x, w, b, res) => this.linearAdd(x, w, b, res),
+    attentionOut: (q, cache, layer, start, T, p, w, b, res) => this.attentionOut(q, cache, layer, start, T, p, w, b, res),
   };
 
   /** int8 prefill linears (linear-q8.ts; GRAVITY_WEBGPU_Q8): which GEMM, null = off; weights quantized on first use */
@@ -218,6 +219,33 @@ export class WebGPUBackend implements Backend {
     const buffer = this.ctx.createFilled(data, `rope table [${len}, ${half}]`);
     this.ropeTables.set(key, { buffer, len });
     return buffer;
+  }
+
+  /**
+   * res + linear(attention(q, ...), w, b). Decode with enough keys: attention as key-split partials that the o GEMV
+   * merges as it loads them (attentionPartsKernel), two dispatches; elsewhere attention then linearAdd.
+   */
+  private attentionOut(q: Tensor, cache: KVCache, layer: number, start: number, T: number, p: AttentionParams, w: Tensor, b: Tensor | null, res: Tensor): Tensor {
+    const c = this.cache(cache);
+    const wt = g(w);
+    const r = needF32(res, 'attentionOut', 'res');
+    const IN = p.numHeads * p.headDim;
+    const bt = b ? g(b) : null;
+    const fits = T === 1 && c.batch <= GEMV_MAX_N && wt.shape.length === 2 && wt.shape[1] === IN && IN % vecWidth(asWeightType(wt.dtype, 'linear weight')) === 0 &&
+      numel(r.shape) === c.batch * wt.shape[0] && (!bt || numel(bt.shape) === wt.shape[0]) && numel(q.shape) === c.batch * IN && layer >= 0 && layer < c.numLayers;
+    const parts = fits ? attentionPartsKernel(this.ctx, needF32(q, 'attention', 'q').buf, c, layer, start, p) : null;
+    if (!parts) {
+      const a = this.attention(q, cache, layer, start, T, p);
+      const y = this.linearAdd(a, w, b, res);
+      this.dispose(a);
+      return y;
+    }
+    const OUT = wt.shape[0];
+    const y = this.out([c.batch, OUT]);
+    linearKernel(this.ctx, parts.part, wt.buf, asWeightType(wt.dtype, 'linear weight'), bt ? bt.buf : null, bt ? asWeightType(bt.dtype, 'bias') : null, y.buf, c.batch, IN, OUT, r.buf, parts);
+    this.ctx.release(parts.part);
+    this.ctx.release(parts.ml);
+    return y;
   }
 
   /** res + linear(x, w, b): in the GEMV's epilogue for decode, linear then add for prefill */
@@ -549,6 +577,6 @@ export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Prom
   const be = new WebGPUBackend(new GpuContext(device, timestamps ? profile : false, subgroupLanes), adapterName, features);
   if (q8 === 'sm' && !subgroupMatrix) throw new GravityError('WebGPU: Q8 tensor-core GEMM asked for, but the device has no i8 subgroup matrices (GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis?)');
   be.q8 = q8 === 'auto' ? (subgroupMatrix ? 'sm' : 'dp4a') : q8;
-  be.ctx.decodeTuning = { shortKeys: SHORT_KEYS, vsplit: VSPLIT };
+  be.ctx.decodeTuning = { shortKeys: SHORT_KEYS, vsplit: VSPLIT, keysPerPart: KEYS_PER_PART };
   return be;
 }

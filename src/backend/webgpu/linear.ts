@@ -12,6 +12,7 @@
 import { Params, type GpuContext } from './context.js';
 import { FLAT_WG, enableSubgroups, gemvDot, scalarLoad, vectorLoad, vecWidth, warpSums, type WDType } from './wgsl.js';
 import { gemmKernel } from './gemm.js';
+import { partsLoad } from './attention-decode.js';
 
 export const GEMV_MAX_N = 8;
 const LANES = 32;
@@ -40,12 +41,26 @@ const LONG_ROW = 8192;
 const KSPLIT_SHORT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_KSPLIT_SHORT) || 2);
 const SMALL_OUT = 16384;
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1): string {
+/** a GEMV input that is decode attention's split partials, merged on load (attention-decode.ts partsLoad) */
+export interface PartsInput {
+  /** splits */
+  S: number;
+  /** head dim: rows of the partials */
+  D: number;
+  /** the splits share one fixed max (gravity with a fixed max, gravity-pure): plain sums */
+  sums: boolean;
+  ml: GPUBuffer;
+}
+
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
-  const xDecl = vec
-    ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
-    : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
+  const mlBinding = 4 + (bias ? 1 : 0) + (residual ? 1 : 0);
+  const xDecl = parts
+    ? partsLoad(parts.S, parts.D, parts.sums, 1, mlBinding, `p.N * (p.IN / ${parts.D}u)`)
+    : vec
+      ? `@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;`
+      : `@group(0) @binding(1) var<storage, read> x: array<f32>;`;
   const KV = dt === 'F32' ? 'K4' : 'K8';
   const range = KS > 1 ? { from: `min(kpart * kchunk, ${KV})`, to: `min((kpart + 1u) * kchunk, ${KV})` } : null;
   const body = vec
@@ -53,7 +68,7 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
     ${KS > 1 ? `let kchunk = ((${KV} + ${KS * 32 - 1}u) / ${KS * 32}u) * 32u;` : ''}
-    ${gemvDot(['w'], dt, N, UNROLL, 'x', false, range)}`
+    ${gemvDot(['w'], dt, N, UNROLL, parts ? (i) => `xin(${i})` : 'x', false, range)}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
@@ -91,20 +106,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  */
 export function linearKernel(
   ctx: GpuContext, x: GPUBuffer, w: GPUBuffer, wdt: WDType, b: GPUBuffer | null, bdt: WDType | null,
-  y: GPUBuffer, N: number, IN: number, OUT: number, res: GPUBuffer | null = null,
+  y: GPUBuffer, N: number, IN: number, OUT: number, res: GPUBuffer | null = null, parts: PartsInput | null = null,
 ): void {
   const binds = b ? [x, w, y, b] : [x, w, y];
   const bias = b ? bdt : null;
   if (N <= GEMV_MAX_N) {
     const vec = IN % vecWidth(wdt) === 0;
+    if (parts && (!vec || IN % parts.D !== 0)) throw new Error(`linearKernel: partials input needs vector loads and IN = ${IN} a multiple of ${parts.D}`);
     const NB = gemvBucket(N);
     if (res) binds.push(res);
+    if (parts) binds.push(parts.ml);
     const KS = !vec ? 1 : IN >= LONG_ROW ? KSPLIT_LONG : OUT <= SMALL_OUT ? KSPLIT_SHORT : 1;
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS));
+    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}` : '';
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts));
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
     return;
   }
-  if (res) throw new Error('linearKernel: the residual epilogue is for the GEMV (N <= GEMV_MAX_N)');
+  if (res || parts) throw new Error('linearKernel: the residual epilogue and partials input are for the GEMV (N <= GEMV_MAX_N)');
   gemmKernel(ctx, x, w, wdt, b, bdt, y, N, IN, OUT);
 }
 

@@ -112,10 +112,12 @@ export function warpSums(NB: number, warps: number, sg: number): { decl: string;
  * collects sum(x²) of the same elements, so the caller scales by 1/rms after the reduction (no staging, no barrier
  * before the loads).
  * range: the warp takes only the part [from, to) of the row (split-K GEMV); the caller sums the parts.
+ * xs: the x binding's name, or a function giving the WGSL of x's vec4 at an index (an input computed on load).
  */
 export function gemvDot(
-  ws: string[], dt: WDType, NB: number, unroll: number, x = 'x', norm = false, range: { from: string; to: string } | null = null,
+  ws: string[], dt: WDType, NB: number, unroll: number, xs: string | ((i: string) => string) = 'x', norm = false, range: { from: string; to: string } | null = null,
 ): string {
+  const x = typeof xs === 'string' ? (i: string) => `${xs}[${i}]` : xs;
   const M = ws.length;
   const guard = NB === 1 ? '' : 'if (n < p.N) ';
   const f32 = dt === 'F32';
@@ -125,12 +127,12 @@ export function gemvDot(
   const accum = (u: number) => {
     if (f32) {
       return `{ ${norm ? `let gw = gv4(k${u});` : ''}
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xv = ${x}[n * K4 + k${u}]${norm ? ' * gw' : ''};
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xv = ${x(`n * K4 + k${u}`)}${norm ? ' * gw' : ''};
           ${J.map((j) => `acc[${j * NB}u + n] += dot(w${u}_${j}, xv);`).join(' ')}
-          ${norm ? `let xr = ${x}[n * K4 + k${u}]; acc[${M * NB}u + n] += dot(xr, xr);` : ''} } } }`;
+          ${norm ? `let xr = ${x(`n * K4 + k${u}`)}; acc[${M * NB}u + n] += dot(xr, xr);` : ''} } } }`;
     }
     return `{ ${norm ? `let ga = gv4(2u * k${u}); let gb = gv4(2u * k${u} + 1u);` : ''}
-        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xa0 = ${x}[n * K4 + 2u * k${u}]; let xb0 = ${x}[n * K4 + 2u * k${u} + 1u];
+        for (var n = 0u; n < ${NB}u; n++) { ${guard}{ let xa0 = ${x(`n * K4 + 2u * k${u}`)}; let xb0 = ${x(`n * K4 + 2u * k${u} + 1u`)};
           let xa = xa0${norm ? ' * ga' : ''}; let xb = xb0${norm ? ' * gb' : ''};
           ${J.map((j) => `acc[${j * NB}u + n] += dot(lo_${ws[j]}(w${u}_${j}), xa) + dot(hi_${ws[j]}(w${u}_${j}), xb);`).join('\n          ')}
           ${norm ? `acc[${M * NB}u + n] += dot(xa0, xa0) + dot(xb0, xb0);` : ''} } } }`;
