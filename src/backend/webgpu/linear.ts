@@ -17,6 +17,11 @@ import { partsLoad } from './attention-decode.js';
 export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
+/**
+ * Warps per workgroup of the GEMV whose input is attention partials (GRAVITY_GEMV_PARTS_ROWS): every workgroup merges
+ * the partials of the whole input, so fewer, larger workgroups merge less often.
+ */
+const PARTS_ROWS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_ROWS) || 8);
 /** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
 export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 2);
 
@@ -52,7 +57,7 @@ export interface PartsInput {
   ml: GPUBuffer;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null, ROWS = 8): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
   const mlBinding = 4 + (bias ? 1 : 0) + (residual ? 1 : 0);
@@ -117,9 +122,11 @@ export function linearKernel(
     if (res) binds.push(res);
     if (parts) binds.push(parts.ml);
     const KS = !vec ? 1 : IN >= LONG_ROW ? KSPLIT_LONG : OUT <= SMALL_OUT ? KSPLIT_SHORT : 1;
-    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}` : '';
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts));
-    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
+    const R0 = parts ? Math.max(KS, Math.min(PARTS_ROWS, Math.floor(ctx.maxInvocations / LANES))) : ROWS;
+    const R = R0 - (R0 % KS);
+    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}:r${R}` : '';
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts, R));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (R / KS))));
     return;
   }
   if (res || parts) throw new Error('linearKernel: the residual epilogue and partials input are for the GEMV (N <= GEMV_MAX_N)');
