@@ -22,6 +22,12 @@ const ROWS = 8;
  * the partials of the whole input, so fewer, larger workgroups merge less often.
  */
 const PARTS_ROWS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_ROWS) || 8);
+/**
+ * The GEMV with partials input merges them once per workgroup into workgroup memory (GRAVITY_GEMV_PARTS_STAGE=0: at
+ * every load instead, S loads per input vector per row) where N * IN / 4 vec4 fit PARTS_STAGE_CAP (16 KiB).
+ */
+const PARTS_STAGE = (typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_STAGE) !== '0';
+const PARTS_STAGE_CAP = 1024;
 /** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
 export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 2);
 
@@ -55,6 +61,8 @@ export interface PartsInput {
   /** the splits share one fixed max (gravity with a fixed max, gravity-pure): plain sums */
   sums: boolean;
   ml: GPUBuffer;
+  /** vec4 of merged input each workgroup stages in workgroup memory first (N * IN / 4), or 0: merged at every load */
+  stage?: number;
 }
 
 function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null, ROWS = 8): string {
@@ -73,7 +81,7 @@ function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg
     ${dt === 'F32' ? '' : 'let K8 = p.IN / 8u;'}
     let row = o;
     ${KS > 1 ? `let kchunk = ((${KV} + ${KS * 32 - 1}u) / ${KS * 32}u) * 32u;` : ''}
-    ${gemvDot(['w'], dt, N, UNROLL, parts ? (i) => `xin(${i})` : 'x', false, range)}`
+    ${gemvDot(['w'], dt, N, UNROLL, parts ? (parts.stage ? 'xs' : (i) => `xin(${i})`) : 'x', false, range)}`
     : `for (var k = lane; k < p.IN; k += ${LANES}u) {
       let wv = ld_w(o * p.IN + k);
       for (var n = 0u; n < ${N}u; n++) { ${guard}{ acc[n] += wv * x[n * p.IN + k]; } }
@@ -88,6 +96,7 @@ ${vec ? vectorLoad('w', 2, dt) : scalarLoad('w', 2, dt)}
 ${bias ? scalarLoad('bias', 4, bias) : ''}
 ${residual ? `@group(0) @binding(${bias ? 5 : 4}) var<storage, read> res: array<f32>;` : ''}
 ${red.decl}
+${parts?.stage ? `var<workgroup> xs: array<vec4<f32>, ${parts.stage}>;` : ''}
 @compute @workgroup_size(${LANES * ROWS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   ${FLAT_WG}
@@ -95,6 +104,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let o = wg * ${ROWS / KS}u + lid / ${LANES * KS}u;
   let kpart = (lid / ${LANES}u) % ${KS}u;
   var acc: array<f32, ${N}>;
+  ${parts?.stage ? `for (var i = lid; i < ${parts.stage}u; i += ${LANES * ROWS}u) { xs[i] = xin(i); }
+  workgroupBarrier();` : ''}
   if (o < p.OUT) {
     ${body}
   }
@@ -124,8 +135,10 @@ export function linearKernel(
     const KS = !vec ? 1 : IN >= LONG_ROW ? KSPLIT_LONG : OUT <= SMALL_OUT ? KSPLIT_SHORT : 1;
     const R0 = parts ? Math.max(KS, Math.min(PARTS_ROWS, Math.floor(ctx.maxInvocations / LANES))) : ROWS;
     const R = R0 - (R0 % KS);
-    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}:r${R}` : '';
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts, R));
+    // staged merge: NB rows of IN in workgroup memory (the guarded rows past N stay unread)
+    const stage = parts && PARTS_STAGE && (NB * IN) / 4 <= PARTS_STAGE_CAP ? (NB * IN) / 4 : 0;
+    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}:r${R}:st${stage}` : '';
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts && { ...parts, stage }, R));
     ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (R / KS))));
     return;
   }
