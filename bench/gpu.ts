@@ -167,14 +167,14 @@ async function gemvBench(): Promise<void> {
     for (const [label, kind, massLog] of [['gravity fixed max', 'gravity', 0.5], ['gravity running max', 'gravity', 3], ['dot', 'dot', 0]] as const) {
       const p = attentionParams(kind, acfg, new Float32Array(Hq).fill(massLog), 0.1);
       for (const [how, limit, vsplit] of [['per head', 1 << 30, 1], ['per head, 2 value slices', 1 << 30, 2], ['per head, 4 value slices', 1 << 30, 4], ['split-K', 0, 1]] as const) {
-        be.ctx.decodeTuning = { shortKeys: limit, vsplit, keysPerPart: 0 };
+        be.ctx.decodeTuning = { ...tuning, shortKeys: limit, vsplit };
         await timeIt(`attention ${keys} keys, ${label}, ${how}`, 0, () => drop(be.attention(qd, cache, 0, keys - 1, 1, p)));
       }
       // attention + o projection (+ residual): whole-head attention then the GEMV, or key-split partials merged by it
       if (keys > 1024) continue;
-      for (const kpp of [0, 64, 128, 256]) {
-        be.ctx.decodeTuning = { ...tuning, keysPerPart: kpp };
-        await timeIt(`attention ${keys} keys + o, ${label}, ${kpp ? `parts of ${kpp} keys` : 'no parts'}`, 0, () => drop(be.fused.attentionOut(qd, cache, 0, keys - 1, 1, p, wo, null, x)));
+      for (const parts of [0, 2, 4]) {
+        be.ctx.decodeTuning = { ...tuning, parts };
+        await timeIt(`attention ${keys} keys + o, ${label}, ${parts ? `${parts} parts` : 'no parts'}`, 0, () => drop(be.fused.attentionOut(qd, cache, 0, keys - 1, 1, p, wo, null, x)));
       }
     }
   }

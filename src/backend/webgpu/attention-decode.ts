@@ -29,11 +29,18 @@ const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DE
 /** workgroups per query head, each with a 1/VSPLIT slice of the value columns (GRAVITY_DECODE_VSPLIT) */
 export const VSPLIT = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_VSPLIT) || 2);
 /**
- * Keys per split of the key axis where decode attention hands its partials to the o projection
- * (GRAVITY_DECODE_KEYS_PER_PART; 0 = no split). See attentionPartsKernel.
+ * Decode attention before the o projection splits its key axis into this many parts (GRAVITY_DECODE_PARTS; 0 or 1 =
+ * no split), which the o projection's GEMV merges as it loads its input (attention.ts attentionPartsKernel). H200,
+ * Qwen2.5-3B shape, GPU time per token after 512 tokens (bench/RESULTS.md): 2 parts 2.51-2.52 ms, 4 parts 2.56-2.58,
+ * 8 parts 2.59-2.60, the whole-head kernel alone 2.67-2.70; after 2048, 2 parts 2.81-2.85 vs 2.92-3.20 with the split
+ * kernel and its combine dispatch.
  */
-export const KEYS_PER_PART = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_KEYS_PER_PART) ?? 128);
-/** at most this many key splits (the o projection sums them for every input element it reads) */
+export const PARTS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PARTS) ?? 2);
+/** the partials path takes at most this many keys (GRAVITY_DECODE_PART_KEYS); measured up to 2048 */
+export const PART_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PART_KEYS) || 2048);
+/** and at least this many keys per part (GRAVITY_DECODE_PART_MIN_KEYS): 128 keys in 2 parts gained 0.02 ms, 4 parts lost */
+export const PART_MIN_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PART_MIN_KEYS) || 32);
+/** at most this many parts (the o projection's merge reads every part of every input element) */
 export const MAX_PARTS = 8;
 
 interface HeadCfg {
@@ -197,10 +204,13 @@ export function headDecodeKernel(
   ctx.dispatch(pl, params, binds, [p.numHeads, cache.batch, c.VS * (parts?.n ?? 1)]);
 }
 
-/** how decode attention over `keys` keys splits its key axis for the o projection: null = no split (one o / l) */
-export function decodeParts(keys: number, kpp = KEYS_PER_PART): { n: number; kps: number } | null {
-  if (!(kpp > 0) || keys <= kpp) return null;
-  const n0 = Math.min(MAX_PARTS, Math.ceil(keys / kpp));
+/**
+ * How decode attention over `keys` keys splits its key axis for the o projection (parts wanted, at least minKeys keys
+ * each, ragged last part): null = no split (one o / l per row).
+ */
+export function decodeParts(keys: number, parts: number, minKeys: number): { n: number; kps: number } | null {
+  const n0 = Math.min(MAX_PARTS, Math.floor(parts), Math.floor(keys / Math.max(1, minKeys)));
+  if (!(n0 >= 2)) return null;
   const kps = Math.ceil(keys / n0);
   return { n: Math.ceil(keys / kps), kps };
 }

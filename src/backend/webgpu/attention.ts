@@ -319,7 +319,8 @@ export interface AttentionParts {
 export function attentionPartsKernel(ctx: GpuContext, q: GPUBuffer, c: GpuKVCache, layer: number, start: number, p: AttentionParams): AttentionParts | null {
   checkAttention(c, start, 1, p);
   const keys = start + 1;
-  const parts = keys <= ctx.decodeTuning.shortKeys ? decodeParts(keys, ctx.decodeTuning.keysPerPart) : null;
+  const t = ctx.decodeTuning;
+  const parts = keys <= t.partKeys ? decodeParts(keys, t.parts, t.partMinKeys) : null;
   const hc = parts ? headDecodeCfg(ctx, p.headDim) : null;
   if (!parts || !hc) return null;
   c.syncMask();

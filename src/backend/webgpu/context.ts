@@ -151,9 +151,11 @@ export class GpuContext {
   private profilePasses = false;
   /**
    * decode attention (attention-decode.ts): at most shortKeys keys take the one-dispatch kernel (0 = never), with
-   * vsplit workgroups per query head; before the o projection its key axis splits every keysPerPart keys (0 = never)
+   * vsplit workgroups per query head; before the o projection (attentionOut) up to partKeys keys take it in `parts`
+   * key splits of at least partMinKeys keys, merged by the o GEMV (staged in workgroup memory where it fits, unless
+   * stage is false)
    */
-  decodeTuning = { shortKeys: 0, vsplit: 1, keysPerPart: 0 };
+  decodeTuning = { shortKeys: 0, vsplit: 1, parts: 0, partKeys: 0, partMinKeys: 1, stage: true };
 
   constructor(readonly device: GPUDevice, profile: boolean | 'pass' = false, readonly sg = 0) {
     if (profile) this.profiler = new Profiler(device, FLUSH_EVERY);

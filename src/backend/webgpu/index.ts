@@ -11,13 +11,13 @@ import { attentionProbs as cpuAttentionProbs } from '../cpu/attention.js';
 import { GpuContext, GpuTensor } from './context.js';
 import { createDevice } from './device.js';
 import { addKernel, gatherKernel, rmsnormKernel, ropeKernel, swigluKernel } from './elementwise.js';
-import { GEMV_MAX_N, gemvBucket, linearKernel } from './linear.js';
+import { GEMV_MAX_N, PARTS_STAGE, gemvBucket, linearKernel } from './linear.js';
 import { Q8Cache, linearQ8, q8Wanted, type Q8Kind } from './linear-q8.js';
 import { sampleKernel } from './sample.js';
 import { argmaxKernel, fusedGemvFits, gateUpGemv, normFits, qkvRopeGemv, ropeWriteKVKernel } from './fused.js';
 import { GpuKVCache, writeKVKernel } from './kvcache.js';
 import { attentionKernel, attentionPartsKernel } from './attention.js';
-import { KEYS_PER_PART, SHORT_KEYS, VSPLIT } from './attention-decode.js';
+import { PARTS, PART_KEYS, PART_MIN_KEYS, SHORT_KEYS, VSPLIT } from './attention-decode.js';
 import { sampleTopKKernel } from './sample-topk.js';
 import { penalizeKernel } from './penalty.js';
 import { DEVICE_TOPK_MAX, deviceDraws, validateSampling, type DrawFilters } from '../../generate/sampling.js';
@@ -577,6 +577,6 @@ export async function createWebGPUBackend(opts: WebGPUBackendOptions = {}): Prom
   const be = new WebGPUBackend(new GpuContext(device, timestamps ? profile : false, subgroupLanes), adapterName, features);
   if (q8 === 'sm' && !subgroupMatrix) throw new GravityError('WebGPU: Q8 tensor-core GEMM asked for, but the device has no i8 subgroup matrices (GRAVITY_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis?)');
   be.q8 = q8 === 'auto' ? (subgroupMatrix ? 'sm' : 'dp4a') : q8;
-  be.ctx.decodeTuning = { shortKeys: SHORT_KEYS, vsplit: VSPLIT, keysPerPart: KEYS_PER_PART };
+  be.ctx.decodeTuning = { shortKeys: SHORT_KEYS, vsplit: VSPLIT, parts: PARTS, partKeys: PART_KEYS, partMinKeys: PART_MIN_KEYS, stage: PARTS_STAGE };
   return be;
 }

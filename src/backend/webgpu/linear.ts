@@ -18,15 +18,12 @@ export const GEMV_MAX_N = 8;
 const LANES = 32;
 const ROWS = 8;
 /**
- * Warps per workgroup of the GEMV whose input is attention partials (GRAVITY_GEMV_PARTS_ROWS): every workgroup merges
- * the partials of the whole input, so fewer, larger workgroups merge less often.
- */
-const PARTS_ROWS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_ROWS) || 8);
-/**
  * The GEMV with partials input merges them once per workgroup into workgroup memory (GRAVITY_GEMV_PARTS_STAGE=0: at
- * every load instead, S loads per input vector per row) where N * IN / 4 vec4 fit PARTS_STAGE_CAP (16 KiB).
+ * every load instead, S loads per input vector per row) where N * IN / 4 vec4 fit PARTS_STAGE_CAP (16 KiB). H200,
+ * 2 parts after 512 tokens: 2.51-2.52 ms per token staged, 2.56-2.58 merged at every load. (Workgroups of 16 or 32
+ * rows, to merge fewer times, gained nothing.)
  */
-const PARTS_STAGE = (typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_STAGE) !== '0';
+export const PARTS_STAGE = (typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_PARTS_STAGE) !== '0';
 const PARTS_STAGE_CAP = 1024;
 /** 16-byte loads in flight per lane (GRAVITY_GEMV_UNROLL to experiment): 8 x 32 lanes cover a 2048-wide bf16 row in one step */
 export const UNROLL = Number((typeof process !== 'undefined' && process.env?.GRAVITY_GEMV_UNROLL) || 2);
@@ -65,7 +62,7 @@ export interface PartsInput {
   stage?: number;
 }
 
-function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null, ROWS = 8): string {
+function gemvShader(N: number, dt: WDType, vec: boolean, bias: WDType | null, sg: number, residual: boolean, KS = 1, parts: Omit<PartsInput, 'ml'> | null = null): string {
   // with N = bucket size, `if (n < p.N)` is uniform control flow; for N = 1 it is left out
   const guard = N === 1 ? '' : 'if (n < p.N) ';
   const mlBinding = 4 + (bias ? 1 : 0) + (residual ? 1 : 0);
@@ -133,13 +130,11 @@ export function linearKernel(
     if (res) binds.push(res);
     if (parts) binds.push(parts.ml);
     const KS = !vec ? 1 : IN >= LONG_ROW ? KSPLIT_LONG : OUT <= SMALL_OUT ? KSPLIT_SHORT : 1;
-    const R0 = parts ? Math.max(KS, Math.min(PARTS_ROWS, Math.floor(ctx.maxInvocations / LANES))) : ROWS;
-    const R = R0 - (R0 % KS);
     // staged merge: NB rows of IN in workgroup memory (the guarded rows past N stay unread)
-    const stage = parts && PARTS_STAGE && (NB * IN) / 4 <= PARTS_STAGE_CAP ? (NB * IN) / 4 : 0;
-    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}:r${R}:st${stage}` : '';
-    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts && { ...parts, stage }, R));
-    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (R / KS))));
+    const stage = parts && ctx.decodeTuning.stage && (NB * IN) / 4 <= PARTS_STAGE_CAP ? (NB * IN) / 4 : 0;
+    const pk = parts ? `:parts${parts.S}:${parts.D}:${parts.sums}:st${stage}` : '';
+    const pl = ctx.pipeline(`gemv:${NB}:${wdt}:${vec}:${bias}:sg${ctx.sg}${res ? ':res' : ''}:ks${KS}${pk}`, () => gemvShader(NB, wdt, vec, bias, ctx.sg, !!res, KS, parts && { ...parts, stage }));
+    ctx.dispatch(pl, new Params().u(IN, OUT, N), binds, ctx.grid(Math.ceil(OUT / (ROWS / KS))));
     return;
   }
   if (res || parts) throw new Error('linearKernel: the residual epilogue and partials input are for the GEMV (N <= GEMV_MAX_N)');
