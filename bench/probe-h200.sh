@@ -15,13 +15,8 @@ GRAVITY_DECODE_PARTS=3 GRAVITY_DECODE_PART_MIN_KEYS=1 timeout 60 node dist/bench
 pp() { local name=$1 ctx=$2; shift 2; echo "== $name (after $ctx)"; env "$@" timeout 60 node dist/bench/gpu.js --dir /tmp/q3b --skip attn --prefill 512 --context "$ctx" --decode 64 --profile-passes 2>&1 | grep -E 'GPU busy|^decode after [0-9]+, (gravity|dot)' | sort; }
 {
 pp default 512 X=1
-pp parts0 512 GRAVITY_DECODE_PARTS=0
-pp default-2 512 X=1
-pp default 128 X=1
+pp parts4 512 GRAVITY_DECODE_PARTS=4
 pp default 2048 X=1
-pp parts-to-8192 2048 GRAVITY_DECODE_PART_KEYS=8192
-pp default 4096 X=1
-pp parts-to-8192 4096 GRAVITY_DECODE_PART_KEYS=8192
-pp default-3 512 X=1
+pp default-2 512 X=1
 } > "$OUT/probe.txt" 2>&1
 grep -E "==|GPU busy" "$OUT/probe.txt"

@@ -14,6 +14,11 @@
  *
  * The 8 query heads of a kv group read the same keys: the first pulls them into L2, the others hit it. Past a few
  * thousand keys the per-workgroup key stream (a single SM) is the limit and the split kernel is faster.
+ *
+ * Before the o projection (the model's decode) the kernel also splits the key axis into PARTS parts, each
+ * workgroup writing its unnormalised (o, m, l): 3x the workgroups, 1/3 of the keys each, and no combine dispatch,
+ * because the o projection's GEMV merges the parts as it loads its input (partsLoad; linear.ts stages the merged
+ * input in workgroup memory once per workgroup).
  */
 import type { AttentionKind, AttentionParams } from '../backend.js';
 import { Params, type GpuContext } from './context.js';
@@ -31,14 +36,15 @@ export const VSPLIT = Number((typeof process !== 'undefined' && process.env?.GRA
 /**
  * Decode attention before the o projection splits its key axis into this many parts (GRAVITY_DECODE_PARTS; 0 or 1 =
  * no split), which the o projection's GEMV merges as it loads its input (attention.ts attentionPartsKernel). H200,
- * Qwen2.5-3B shape, GPU time per token after 512 tokens (bench/RESULTS.md): 2 parts 2.51-2.52 ms, 4 parts 2.56-2.58,
- * 8 parts 2.59-2.60, the whole-head kernel alone 2.67-2.70; after 2048, 2 parts 2.81-2.85 vs 2.92-3.20 with the split
- * kernel and its combine dispatch.
+ * Qwen2.5-3B shape, GPU time per token after 512 tokens (bench/RESULTS.md): 3 parts 2.505-2.531 ms, 4 parts
+ * 2.513-2.522, 2 parts 2.570-2.589, 5 and 8 parts 2.57 and 2.59, no split (the whole-head kernel) 2.67-2.71; after
+ * 2048, 3 parts 2.81-2.85 vs 2.93-3.21 with the split kernel and its combine dispatch; after 4096 the split kernel
+ * (3.14) beat 2 parts (3.70), hence PART_KEYS.
  */
-export const PARTS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PARTS) ?? 2);
-/** the partials path takes at most this many keys (GRAVITY_DECODE_PART_KEYS); measured up to 2048 */
-export const PART_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PART_KEYS) || 2048);
-/** and at least this many keys per part (GRAVITY_DECODE_PART_MIN_KEYS): 128 keys in 2 parts gained 0.02 ms, 4 parts lost */
+export const PARTS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PARTS) ?? 3);
+/** the partials path takes at most this many keys (GRAVITY_DECODE_PART_KEYS); measured up to 2048 + 70 */
+export const PART_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PART_KEYS) || 2560);
+/** and at least this many keys per part (GRAVITY_DECODE_PART_MIN_KEYS): after 128 tokens 2 parts gained 0.02 ms, 4 lost 0.08 */
 export const PART_MIN_KEYS = Number((typeof process !== 'undefined' && process.env?.GRAVITY_DECODE_PART_MIN_KEYS) || 32);
 /** at most this many parts (the o projection's merge reads every part of every input element) */
 export const MAX_PARTS = 8;
