@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSafetensors } from '../src/io/safetensors.js';
@@ -45,6 +45,31 @@ test('generate: greedy --json reproduces the PyTorch greedy tokens (gravity and 
     const last = JSON.parse(r.out.trim().split('\n').at(-1)!);
     assert.deepEqual(last, { prompt_ids: g.prompt, output_ids: g.tokens });
   }
+});
+
+test('generate: sampling defaults from generation_config.json (do_sample false = greedy, max_new_tokens), flags win, bad values name the file', () => {
+  const dir = join(tmp, 'gen-defaults');
+  cpSync(FIX, dir, { recursive: true });
+  const cfgFile = join(dir, 'generation_config.json');
+  const base = JSON.parse(readFileSync(cfgFile, 'utf8'));
+  const g = expected.gravity_greedy;
+  const run = (extra: string[]) => gravity(['generate', '--model', dir, '--prompt-ids', g.prompt.join(','), '--json', ...extra]);
+  // greedy from the file: no --temperature, no --max-tokens; the file's 16 tokens are PyTorch's greedy tokens
+  writeFileSync(cfgFile, JSON.stringify({ ...base, do_sample: false, max_new_tokens: 16 }));
+  const a = run([]);
+  assert.equal(a.code, 0, a.err);
+  assert.deepEqual(JSON.parse(a.out.trim()), { prompt_ids: g.prompt, output_ids: g.tokens });
+  // a flag overrides the file
+  const b = run(['--max-tokens', '4']);
+  assert.equal(b.code, 0, b.err);
+  assert.deepEqual(JSON.parse(b.out.trim()).output_ids, g.tokens.slice(0, 4));
+  // a value the sampler cannot take: an error naming the file, unless the flag replaces it
+  writeFileSync(cfgFile, JSON.stringify({ ...base, do_sample: true, temperature: 0.8, top_p: 1.5 }));
+  const c = run(['--max-tokens', '2']);
+  assert.equal(c.code, 1);
+  assert.match(c.err, /generation_config\.json: top-p must be in \(0, 1\], got 1\.5 \(override it with the flag\)/);
+  const d = run(['--max-tokens', '2', '--top-p', '0.9', '--seed', '1']);
+  assert.equal(d.code, 0, d.err);
 });
 
 test('generate --stats: prompt and decode speed on stderr, "timings" in --json; tokens unchanged', () => {

@@ -8,7 +8,7 @@ import { generate } from '../generate/generate.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { parseCommand, str } from './args.js';
 import { chatEosIds, loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
-import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs } from './sampling-args.js';
+import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs, withGenerationDefaults } from './sampling-args.js';
 
 export const usage = `usage: gravity chat [--model DIR] [options]
 
@@ -26,10 +26,11 @@ const OPTIONS = { ...MODEL_OPTIONS, ...SAMPLING_OPTIONS, system: { type: 'string
 export async function run(argv: string[]): Promise<number> {
   const v = parseCommand(argv, OPTIONS, usage);
   if (!v) return 0;
-  const gen = samplingFromArgs(v);
+  const flags = samplingFromArgs(v);
   const system = str(v, 'system');
   const model = await loadFromArgs(v);
   try {
+    const gen = withGenerationDefaults(flags, model.generation, model.dir);
     const tok = tokenizerOf(model);
     if (!tok) fail(`chat needs a tokenizer and ${model.dir} has no tokenizer.json`);
     if (!tok.hasChatTemplate) fail(`chat needs a chat template and ${model.dir}'s tokenizer_config.json has none; use generate --prompt`);

@@ -3,7 +3,7 @@ import { fail } from '../errors.js';
 import { generate, type GenerateResult } from '../generate/generate.js';
 import { flag, parseCommand, parseIdList, str, UsageError } from './args.js';
 import { chatEosIds, loadFromArgs, MODEL_OPTIONS, MODEL_USAGE, tokenizerOf } from './model-args.js';
-import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs } from './sampling-args.js';
+import { SAMPLING_OPTIONS, SAMPLING_USAGE, samplingFromArgs, withGenerationDefaults } from './sampling-args.js';
 
 export const usage = `usage: gravity generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]
 
@@ -48,11 +48,12 @@ export async function run(argv: string[]): Promise<number> {
   const idsArg = str(v, 'prompt-ids');
   if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give exactly one of --prompt or --prompt-ids', usage);
   if (flag(v, 'chat') && flag(v, 'raw')) throw new UsageError('--chat and --raw contradict each other', usage);
-  const gen = samplingFromArgs(v);
+  const flags = samplingFromArgs(v);
   const promptIdsArg = idsArg !== undefined ? parseIdList(idsArg, '--prompt-ids') : null;
 
   const model = await loadFromArgs(v);
   try {
+    const gen = withGenerationDefaults(flags, model.generation, model.dir);
     const tok = tokenizerOf(model);
     let promptIds: number[];
     let eosTokenIds = model.eosTokenIds;

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { AttentionKind, Backend } from '../backend/backend.js';
 import { createBackend, type DeviceName } from '../backend/create.js';
 import { ATTENTION_KINDS, DEFAULT_EPS, parseMassInit, usesMasses } from '../attention/registry.js';
-import { defaultsFromConfig, type ModelDefaults } from '../io/model-files.js';
+import { defaultsFromConfig, type GenerationDefaults, type ModelDefaults } from '../io/model-files.js';
 
 export type { ModelDefaults } from '../io/model-files.js';
 import { fail } from '../errors.js';
@@ -48,6 +48,8 @@ export interface LoadedModel extends CausalLM {
   readonly tokenizerConfig: object | null;
   /** eos ids from generation_config.json, else config.json */
   readonly eosTokenIds: number[];
+  /** generation_config.json as parsed (sampling defaults for the CLI), null where the folder has none */
+  readonly generation: GenerationDefaults | null;
 }
 
 /** Adapter hook: given the base tensors by name, returns the tensor to upload (LoRA folded in memory). */
@@ -132,5 +134,6 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     tokenizerJson: files.tokenizerJson,
     tokenizerConfig: files.tokenizerConfig,
     eosTokenIds: eos,
+    generation: files.generation,
   });
 }
