@@ -3,6 +3,7 @@ import { fail } from '../errors.js';
 import type { GenerateOptions } from '../generate/generate.js';
 import { validateSampling } from '../generate/sampling.js';
 import type { GenerationDefaults } from '../io/model-files.js';
+import { fillGenerationDefaults } from '../generate/defaults.js';
 import { int, num, strs, type Values } from './args.js';
 
 export const SAMPLING_OPTIONS = {
@@ -43,31 +44,7 @@ export function samplingFromArgs(v: Values): GenerateOptions {
   return opts;
 }
 
-/**
- * Fills what the flags left out from the model's generation_config.json (as transformers' generate() would take
- * them: do_sample false = greedy, top_k 0 and top_p 1 = off), then the CLI's own defaults (temperature 0.7, 128 new
- * tokens). A value in the file that the sampler cannot take is an error naming the file.
- */
+/** generation_config.json's defaults under the flags, then the CLI's own (temperature 0.7, 128 new tokens) */
 export function withGenerationDefaults(opts: GenerateOptions, g: GenerationDefaults | null, dir: string): GenerateOptions {
-  const out = { ...opts };
-  if (g) {
-    const file = `${dir}/generation_config.json`;
-    const given = (k: keyof GenerateOptions) => opts[k] !== undefined;
-    if (!given('temperature')) out.temperature = g.doSample === false ? 0 : g.temperature;
-    const sampled = (out.temperature ?? 0.7) > 0;
-    if (!given('topK') && sampled && g.topK !== undefined && g.topK !== 0) out.topK = g.topK;
-    if (!given('topP') && sampled && g.topP !== undefined && g.topP !== 1) out.topP = g.topP;
-    if (!given('minP') && sampled && g.minP !== undefined && g.minP !== 0) out.minP = g.minP;
-    if (!given('repetitionPenalty') && g.repetitionPenalty !== undefined) out.repetitionPenalty = g.repetitionPenalty;
-    if (!given('maxTokens') && g.maxNewTokens !== undefined) out.maxTokens = g.maxNewTokens;
-    try {
-      validateSampling(out);
-      if (out.maxTokens !== undefined && !(Number.isInteger(out.maxTokens) && out.maxTokens >= 0)) fail(`max_new_tokens must be a whole number >= 0, got ${out.maxTokens}`);
-    } catch (e) {
-      fail(`${file}: ${(e as Error).message} (override it with the flag)`);
-    }
-  }
-  out.temperature ??= 0.7;
-  out.maxTokens ??= 128;
-  return out;
+  return fillGenerationDefaults(opts, g, `${dir}/generation_config.json`, { temperature: 0.7, maxTokens: 128 }, '(override it with the flag)');
 }
