@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createWebGPUBackend, type WebGPUBackend } from '../src/backend/webgpu/index.js';
 import { attentionParams } from '../src/attention/registry.js';
+import type { Backend } from '../src/backend/backend.js';
 import { headDecodeCfg } from '../src/backend/webgpu/attention-decode.js';
 import { fromF32 } from '../src/tensor/dtype.js';
 import { relErr } from './helpers/fixtures.js';
@@ -135,6 +136,30 @@ test('decode attention split-K over 1 to 7 splits (the combine reads 4 splits a 
   }
 });
 
+/** one-layer caches of the same random K/V (seeds seed, seed + 1) per backend, slots first, first + step, ... masked */
+function maskedCaches(bks: Backend[], B: number, maxLen: number, Hkv: number, D: number, seed: number, first: number, step: number) {
+  const k = rand(B * maxLen * Hkv * D, seed, 0.5);
+  const v = rand(B * maxLen * Hkv * D, seed + 1);
+  return bks.map((bk) => {
+    const c = bk.createKVCache(1, B, maxLen, Hkv, D);
+    // rows [B * maxLen, Hkv * D] in (batch, slot) order
+    bk.writeKV(c, 0, bk.fromF32(k, [B * maxLen, Hkv * D]), bk.fromF32(v, [B * maxLen, Hkv * D]), 0, maxLen);
+    c.keyValid.fill(1);
+    for (let s = first; s < B * maxLen; s += step) c.keyValid[s] = 0;
+    return c;
+  });
+}
+
+/** gravity with a fixed max (small masses) and a running max, gravity-pure and dot */
+function everyKind(cfg: never, Hq: number): [string, ReturnType<typeof attentionParams>][] {
+  return [
+    ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
+    ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
+    ['gravity-pure', attentionParams('gravity-pure', cfg, new Float32Array(Hq).fill(0.3), 0.1)],
+    ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
+  ];
+}
+
 test('decode attention in one dispatch (workgroups per query head): every kind, ragged key counts, masked keys, value slices, head dims 32 and 128, batch 2', async () => {
   const { createCpuBackend } = await import('../src/backend/cpu/index.js');
   const cpu = createCpuBackend();
@@ -145,22 +170,8 @@ test('decode attention in one dispatch (workgroups per query head): every kind, 
       const maxLen = 300;
       assert.ok(headDecodeCfg(be.ctx, D) || be.ctx.sg < 4, `the kernel applies to head dim ${D} with subgroups of ${be.ctx.sg}`);
       const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
-      const k = rand(B * maxLen * Hkv * D, 61 + D, 0.5);
-      const v = rand(B * maxLen * Hkv * D, 62 + D);
-      const caches = [be, cpu].map((bk) => {
-        const c = bk.createKVCache(1, B, maxLen, Hkv, D);
-        // rows [B * maxLen, Hkv * D] in (batch, slot) order
-        bk.writeKV(c, 0, bk.fromF32(k, [B * maxLen, Hkv * D]), bk.fromF32(v, [B * maxLen, Hkv * D]), 0, maxLen);
-        c.keyValid.fill(1);
-        for (let s = 3; s < B * maxLen; s += 17) c.keyValid[s] = 0;
-        return c;
-      });
-      const kinds: [string, ReturnType<typeof attentionParams>][] = [
-        ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
-        ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
-        ['gravity-pure', attentionParams('gravity-pure', cfg, new Float32Array(Hq).fill(0.3), 0.1)],
-        ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
-      ];
+      const caches = maskedCaches([be, cpu], B, maxLen, Hkv, D, 61 + D, 3, 17);
+      const kinds = everyKind(cfg, Hq);
       // value slices per head: 1 (all columns), 2, and 8 (fewer vec4 columns than the team's lanes where D = 32)
       for (const vsplit of [1, 2, 8]) {
         be.ctx.decodeTuning.vsplit = vsplit;
@@ -190,21 +201,8 @@ test('decode attention + o projection with key-split partials merged by the o GE
     for (const [Hq, Hkv, D, B, C] of [[8, 2, 32, 1, 48], [8, 2, 128, 2, 40]]) {
       const maxLen = 300;
       const cfg = { numHeads: Hq, numKVHeads: Hkv, headDim: D } as never;
-      const k = rand(B * maxLen * Hkv * D, 71 + D, 0.5);
-      const v = rand(B * maxLen * Hkv * D, 72 + D);
-      const caches = [be, cpu].map((bk) => {
-        const c = bk.createKVCache(1, B, maxLen, Hkv, D);
-        bk.writeKV(c, 0, bk.fromF32(k, [B * maxLen, Hkv * D]), bk.fromF32(v, [B * maxLen, Hkv * D]), 0, maxLen);
-        c.keyValid.fill(1);
-        for (let s = 5; s < B * maxLen; s += 13) c.keyValid[s] = 0;
-        return c;
-      });
-      const kinds: [string, ReturnType<typeof attentionParams>][] = [
-        ['gravity fixed max', attentionParams('gravity', cfg, new Float32Array(Hq).fill(0.5), 0.1)],
-        ['gravity running max', attentionParams('gravity', cfg, Float32Array.from({ length: Hq }, (_, h) => 1 + h), 0.1)],
-        ['gravity-pure', attentionParams('gravity-pure', cfg, new Float32Array(Hq).fill(0.3), 0.1)],
-        ['dot', attentionParams('dot', cfg, new Float32Array(Hq), 0.1)],
-      ];
+      const caches = maskedCaches([be, cpu], B, maxLen, Hkv, D, 71 + D, 5, 13);
+      const kinds = everyKind(cfg, Hq);
       for (const dt of ['BF16', 'F32'] as const) {
         const host = fromF32(rand(C * Hq * D, 73, 0.2), [C, Hq * D], dt);
         const w = [be.upload(host), cpu.upload(host)];

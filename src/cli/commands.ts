@@ -25,6 +25,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'train', summary: 'fine-tune LoRA adapters / gravity masses on a dataset; checkpoints, metrics, figures', load: () => import('./train.js') },
   { name: 'merge', summary: 'fold a LoRA adapter into a copy of its base model', load: () => import('./merge.js') },
   { name: 'plot', summary: 'draw loss / mass / gradient figures of a train run, or an attention field', load: () => import('./plot.js') },
+  { name: 'export', summary: 'write a model folder as one GGUF file (llama.cpp\'s format) with its gravity masses', load: () => import('./export.js') },
   { name: 'serve', summary: 'serve the model over an OpenAI-compatible HTTP API (completions, chat, streaming)', load: () => import('./serve.js') },
   { name: 'web', summary: 'serve a page that runs the model in the browser (WebGPU, else WebAssembly)', load: () => import('./web.js') },
   { name: 'task', summary: 'arithmetic task: make train/val/test JSONL, evaluate a model\'s answer accuracy', load: () => import('./task.js') },
