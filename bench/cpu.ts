@@ -2,7 +2,9 @@
  * CPU benchmark: prefill and decode tokens/s, gravity and dot-product attention side by side on the same
  * weights (one load, the attention switched between runs), plus peak RSS.
  *   node dist/bench/cpu.js [--preset qwen2.5-0.5b] [--dir /tmp/gravity-bench] [--prefill 128,1024] [--decode-prompt 512] [--decode 32]
- * A random checkpoint of the preset's shape is written once into --dir and reused.
+ * A random checkpoint of the preset's shape is written once into --dir and reused. Where node-llama-cpp is installed
+ * (not a dependency: `npm i --no-save -E node-llama-cpp@3.21.1 @node-llama-cpp/linux-x64@3.21.1 --omit=optional`),
+ * the same checkpoint exported to GGUF (bf16) also runs in llama.cpp on as many threads (dot-product attention only).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -91,9 +93,59 @@ const dn = Number(values.decode);
 const [g, d] = await pair((k) => decode(k, dp, dn));
 rows.push([`decode after ${dp} tok/s`, g, d]);
 
+const cpp = await llamaCpp(rows.length);
+
 console.log(`\n${preset} bf16, cpu (${be.engine.kind} matmul, ${be.engine.threads} threads), ${os.cpus()[0]?.model ?? ''}`);
-console.log('| measure | gravity | dot | gravity / dot |');
-console.log('|---|---|---|---|');
-for (const [name, gv, dv] of rows) console.log(`| ${name} | ${gv.toFixed(2)} | ${dv.toFixed(2)} | ${(gv / dv).toFixed(3)} |`);
+console.log(`| measure | gravity | dot | gravity / dot |${cpp ? ' llama.cpp (dot) | gravity / llama.cpp |' : ''}`);
+console.log(`|---|---|---|---|${cpp ? '---|---|' : ''}`);
+rows.forEach(([name, gv, dv], i) => console.log(`| ${name} | ${gv.toFixed(2)} | ${dv.toFixed(2)} | ${(gv / dv).toFixed(3)} |${cpp ? ` ${cpp[i].toFixed(2)} | ${(gv / cpp[i]).toFixed(3)} |` : ''}`));
+/** llama.cpp's tok/s for the same rows (prefills, then the decode), best of two; null without node-llama-cpp */
+async function llamaCpp(n: number): Promise<number[] | null> {
+  let mod: any;
+  try {
+    const spec = 'node-llama-cpp';
+    mod = await import(spec);
+  } catch {
+    console.error('node-llama-cpp is not installed: no llama.cpp column');
+    return null;
+  }
+  const { exportGguf } = await import('../src/io/gguf.js');
+  const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
+  const file = path.join(dir, 'model-bf16.gguf');
+  if (!fs.existsSync(file)) {
+    const f = loadCheckpointFiles(dir);
+    exportGguf({ config: f.config, weights: f.weights, masses: null, defaults: {}, eosTokenIds: [], tokenizerJson: null, tokenizerConfig: null, name: preset }, file, 'bf16');
+    f.weights.close();
+  }
+  const llama = await mod.getLlama({ gpu: false, logLevel: 'error' });
+  const m = await llama.loadModel({ modelPath: file });
+  const ctx = await m.createContext({ contextSize: 2048, threads: be.engine.threads, batchSize: 1024 });
+  const seq = ctx.getSequence();
+  const out: number[] = [];
+  const best2 = async (f: () => Promise<number>) => Math.max(await f(), await f());
+  for (const np of values.prefill!.split(',').map(Number)) {
+    out.push(await best2(async () => {
+      await seq.clearHistory();
+      const t = performance.now();
+      await seq.evaluateWithoutGeneratingNewTokens(ids(np, np));
+      return np / ((performance.now() - t) / 1000);
+    }));
+  }
+  out.push(await best2(async () => {
+    await seq.clearHistory();
+    await seq.evaluateWithoutGeneratingNewTokens(ids(dp, 7));
+    let k = 0;
+    let t = 0;
+    for await (const _ of seq.evaluate([1000], { temperature: 0 })) {
+      if (k === 0) t = performance.now(); // the first token pays for the one fed
+      if (++k > dn) break;
+    }
+    return dn / ((performance.now() - t) / 1000);
+  }));
+  await ctx.dispose();
+  await m.dispose();
+  return out.length === n ? out : null;
+}
+
 console.log(`peak RSS ${(process.resourceUsage().maxRSS / 1024 / 1024).toFixed(2)} GiB`);
 process.exit(0);

@@ -13,8 +13,8 @@ import { resolveModelDir } from './model-args.js';
 export const usage = `usage: gravity export [--model DIR] --out FILE.gguf [--type keep|f32|f16|bf16|q8_0] [options]
 
 Writes the model folder as one GGUF file: config, weights, tokenizer and chat template as llama.cpp's converter
-names them, plus the gravity masses (tensors blk.N.attn_gravity_mass_log) and the attention / eps defaults (keys
-gravity.attention, gravity.eps). \`gravity generate --model FILE.gguf\` loads it back with gravity attention;
+names them, plus the gravity masses and the attention / eps defaults as metadata keys (gravity.mass_log,
+gravity.attention, gravity.eps), which llama.cpp ignores. \`gravity generate --model FILE.gguf\` loads it back with gravity attention;
 llama.cpp loads it too, but runs dot-product attention (it has no gravity kernel).
 
   --model DIR        model folder (default: the bundled models/gravity-mini)

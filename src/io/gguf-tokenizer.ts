@@ -78,7 +78,7 @@ export function tokenizerToGguf(tj: Json, tc: Json | null, vocabSize: number, eo
 /** GGUF tokenizer metadata as tokenizer.json and tokenizer_config.json objects; null where the file has no gpt2 vocabulary */
 export function tokenizerFromGguf(meta: Record<string, unknown>, label: string): { json: Json; config: Json } | null {
   const kind = meta['tokenizer.ggml.model'];
-  if (kind === undefined) return null;
+  if (kind === undefined || kind === 'no_vocab') return null;
   if (kind !== 'gpt2') fail(`${label}: tokenizer.ggml.model is '${String(kind)}'; only byte-level BPE ('gpt2') vocabularies are read`);
   const tokens = meta['tokenizer.ggml.tokens'];
   const types = meta['tokenizer.ggml.token_type'];

@@ -2,11 +2,12 @@
  * GGUF models (llama.cpp's format) in and out. Reading: the metadata and tensor table through @huggingface/gguf,
  * the tensor data by positioned reads; qwen2 and llama architectures; F32 / F16 / BF16 kept as stored, block
  * formats (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) dequantized to BF16 at load; llama's q/k rows un-permuted
- * (llama.cpp's converter interleaves them for its RoPE). Gravity files carry the masses as tensors
- * blk.N.attn_gravity_mass_log [heads] and gravity.attention / gravity.eps keys; files without them (llama.cpp's
- * own) load like any folder without masses (--masses, --mass-init or --attn dot).
- * Writing (`gravity export`): a file llama.cpp loads (it ignores the gravity keys and tensors, and runs dot-product
- * attention: the card's "useless GGUF"), which this runtime loads back with gravity.
+ * (llama.cpp's converter interleaves them for its RoPE). Gravity files carry the masses in the metadata key
+ * gravity.mass_log (f32 [layers x heads], layer-major: llama.cpp refuses tensors it does not expect, keys it
+ * ignores) with gravity.attention / gravity.eps; files without them (llama.cpp's own) load like any folder without
+ * masses (--masses, --mass-init or --attn dot).
+ * Writing (`gravity export`): a file llama.cpp loads (it runs dot-product attention: the card's "useless GGUF"),
+ * which this runtime loads back with gravity.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -38,8 +39,6 @@ export function ggufName(hf: string): string | null {
   };
   return part[m[2]] ? `blk.${m[1]}.${part[m[2]]}.${m[3]}` : null;
 }
-
-export const massTensor = (layer: number) => `blk.${layer}.attn_gravity_mass_log`;
 
 /**
  * llama.cpp's converter reorders llama's q/k rows per head from halves (HF's rotate_half RoPE) to interleaved pairs;
@@ -149,7 +148,6 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
   const dataStart = Number(parsed.tensorDataOffset);
   // HF name -> tensor info; every tensor's bytes must lie inside the file
   const byHf = new Map<string, { name: string; type: number; shape: number[]; offset: number; bytes: number }>();
-  const massInfos: { name: string; type: number; shape: number[]; offset: number; bytes: number }[] = [];
   for (const t of parsed.tensorInfos) {
     const shape = t.shape.map(Number).reverse();
     const blk = BLOCK[t.dtype];
@@ -159,7 +157,6 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
     const offset = dataStart + Number(t.offset);
     if (offset + bytes > size) fail(`${label}: tensor ${t.name} ends at byte ${offset + bytes}, past the end of the file (${size} bytes): truncated?`);
     const entry = { name: t.name, type: t.dtype, shape, offset, bytes };
-    if (/^blk\.\d+\.attn_gravity_mass_log$/.test(t.name)) massInfos.push(entry);
     const hf = hfNames(config).find((n) => ggufName(n) === t.name);
     if (hf) byHf.set(hf, entry);
   }
@@ -196,20 +193,20 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
     close: () => fs.closeSync(fd),
   };
   let masses: Float32Array[] | null = null;
-  if (massInfos.length) {
-    masses = Array.from({ length: config.numLayers }, (_, l) => {
-      const e = massInfos.find((m) => m.name === massTensor(l));
-      if (!e) return fail(`${label}: has gravity masses but no ${massTensor(l)}`);
-      if (numel(e.shape) !== H) fail(`${label}: ${e.name} has ${numel(e.shape)} values, the model has ${H} heads`);
-      return toF32(readHost(e));
-    });
+  const ml = meta['gravity.mass_log'];
+  if (ml !== undefined) {
+    const L = config.numLayers;
+    if (!Array.isArray(ml) || ml.length !== L * H || !ml.every((x) => typeof x === 'number')) {
+      fail(`${label}: gravity.mass_log must hold ${L} layers x ${H} heads = ${L * H} numbers, found ${Array.isArray(ml) ? ml.length : typeof ml}`);
+    }
+    masses = Array.from({ length: L }, (_, l) => Float32Array.from((ml as number[]).slice(l * H, (l + 1) * H)));
   }
   const defaults: ModelDefaults = {};
   const att = meta['gravity.attention'];
   if (att === 'gravity' || att === 'dot' || att === 'gravity-pure') defaults.attention = att;
   const eps = meta['gravity.eps'];
   if (typeof eps === 'number' && eps > 0) defaults.eps = eps;
-  const tok = tokenizerFromGguf(meta, label);
+  const tok = meta['gravity.placeholder_vocab'] === true ? null : tokenizerFromGguf(meta, label);
   return { config, weights, masses, defaults, eosTokenIds: config.eosTokenIds, tokenizerJson: tok?.json ?? null, tokenizerConfig: tok?.config ?? null };
 }
 
@@ -259,6 +256,14 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
   if (src.tokenizerJson) {
     for (const [key, v] of tokenizerToGguf(src.tokenizerJson, src.tokenizerConfig, c.vocabSize, src.eosTokenIds, c.bosTokenId)) meta.set(key, v);
   } else {
+    // llama.cpp sizes the embedding by the vocabulary, so a model without a tokenizer gets placeholder tokens (one per
+    // id, no merges), marked so that reading the file back gives no tokenizer
+    meta.set('tokenizer.ggml.model', { t: 'str', v: 'gpt2' });
+    meta.set('tokenizer.ggml.pre', { t: 'str', v: 'default' });
+    meta.set('tokenizer.ggml.tokens', { t: 'str[]', v: Array.from({ length: c.vocabSize }, (_, i) => `[TOKEN${i}]`) });
+    meta.set('tokenizer.ggml.token_type', { t: 'i32[]', v: new Array(c.vocabSize).fill(1) });
+    meta.set('tokenizer.ggml.merges', { t: 'str[]', v: [] });
+    meta.set('gravity.placeholder_vocab', { t: 'bool', v: true });
     if (src.eosTokenIds.length) meta.set('tokenizer.ggml.eos_token_id', { t: 'u32', v: src.eosTokenIds[0] });
     if (c.bosTokenId !== null) meta.set('tokenizer.ggml.bos_token_id', { t: 'u32', v: c.bosTokenId });
   }
@@ -287,8 +292,6 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
       },
     });
   }
-  if (src.masses) {
-    src.masses.forEach((m, l) => tensors.push({ name: massTensor(l), shape: [m.length], type: GGML.F32, data: () => new Uint8Array(Float32Array.from(m).buffer) }));
-  }
+  if (src.masses) meta.set('gravity.mass_log', { t: 'f32[]', v: src.masses.flatMap((m) => Array.from(m)) });
   writeGguf(out, meta, tensors);
 }

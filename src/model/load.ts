@@ -112,7 +112,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     const raw = parseMassInit(opts.massInit);
     massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(raw));
   } else if (usesMasses(attention)) {
-    return fail(`${files.dir}: ${gg ? 'no gravity masses in the file (blk.N.attn_gravity_mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
+    return fail(`${files.dir}: ${gg ? 'no gravity masses in the file (key gravity.mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
   } else massLog = [];
 
   let transform: WeightTransform | null = null;
