@@ -280,3 +280,35 @@ test('bad GGUF files: garbage, truncated, unknown architecture, unknown tensor t
   const dot = await loadModel(plain, { attention: 'dot' });
   dot.dispose();
 });
+
+test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gguf file as --model', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const gravity = (args: string[]) => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { encoding: 'utf8' });
+    return { code: r.status, out: r.stdout, err: r.stderr };
+  };
+  const file = join(tmp, 'cli.gguf');
+  const ex = gravity(['export', '--model', join(FIXTURES, 'qwen2-gqa-f32'), '--out', file, '--type', 'bf16']);
+  assert.equal(ex.code, 0, ex.err);
+  const bad = gravity(['export', '--model', join(FIXTURES, 'qwen2-gqa-f32'), '--out', join(tmp, 'x.bin')]);
+  assert.match(bad.err, /--out 'x?.*x\.bin': the file name must end in \.gguf/);
+  const ins = gravity(['inspect', '--model', file, '--json']);
+  assert.equal(ins.code, 0, ins.err);
+  const info = JSON.parse(ins.out);
+  const ref = loadCheckpointFiles(join(FIXTURES, 'qwen2-gqa-f32'));
+  const c = ref.config;
+  const want = loadMasses(ref.massesPath!, c.numLayers, c.numHeads);
+  ref.weights.close();
+  assert.equal(info.config.numLayers, c.numLayers);
+  assert.equal(info.masses.length, c.numLayers);
+  assert.ok(Math.abs(info.masses[1][2] - Math.log1p(Math.exp(want[1][2]))) < 1e-6);
+  assert.deepEqual(Object.values(info.parameters_by_dtype).length, 2); // bf16 matrices, f32 norms and biases
+  const data = join(tmp, 'd.jsonl');
+  fs.writeFileSync(data, Array.from({ length: 6 }, (_, i) => JSON.stringify({ input_ids: Array.from({ length: 12 }, (_, j) => 3 + ((i * 31 + j * 7) % 200)) })).join('\n') + '\n');
+  const run = join(tmp, 'run');
+  const tr = gravity(['train', '--model', file, '--data', data, '--seq-len', '16', '--batch-size', '2', '--steps', '2', '--train-masses', '--out', run]);
+  assert.equal(tr.code, 0, tr.err);
+  const gen = gravity(['generate', '--model', file, '--adapter', run, '--prompt-ids', '1,2,3', '--max-tokens', '3', '--temperature', '0', '--json']);
+  assert.equal(gen.code, 0, gen.err);
+  assert.equal(JSON.parse(gen.out).output_ids.length, 3);
+});

@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
-import { loadCheckpointFiles } from '../io/checkpoint.js';
+import { openModelSource } from '../io/model-source.js';
 import { exportGguf, type ExportType } from '../io/gguf.js';
 import { loadMasses } from '../io/masses.js';
 import { modelDefaults } from '../model/load.js';
@@ -17,7 +17,8 @@ names them, plus the gravity masses and the attention / eps defaults as metadata
 gravity.attention, gravity.eps), which llama.cpp ignores. \`gravity generate --model FILE.gguf\` loads it back with gravity attention;
 llama.cpp loads it too, but runs dot-product attention (it has no gravity kernel).
 
-  --model DIR        model folder (default: the bundled models/gravity-mini)
+  --model DIR        model folder or GGUF file (default: the bundled models/gravity-mini): a GGUF file can be
+                     written again, e.g. as q8_0 or with --masses added
   --out FILE.gguf    the file to write (written to a temporary file, then renamed)
   --type T           2-D weights as stored (keep, default), or f32 / f16 / bf16 / q8_0 (8-bit blocks, llama.cpp's
                      rounding); norms, biases and masses stay f32
@@ -36,11 +37,11 @@ export async function run(argv: string[]): Promise<number> {
   const type = (str(v, 'type') ?? 'keep') as ExportType;
   if (!TYPES.includes(type)) fail(`--type '${type}': expected ${TYPES.join(', ')}`);
   const dir = resolveModelDir(v);
-  const files = loadCheckpointFiles(dir, { masses: str(v, 'masses') });
+  const files = await openModelSource(dir, { masses: str(v, 'masses') });
   try {
     const c = files.config;
-    const masses = files.massesPath ? loadMasses(files.massesPath, c.numLayers, c.numHeads, { numKVHeads: c.numKVHeads }) : null;
-    const defaults = modelDefaults(dir);
+    const masses = files.massesPath ? loadMasses(files.massesPath, c.numLayers, c.numHeads, { numKVHeads: c.numKVHeads }) : files.masses;
+    const defaults = { ...(files.defaults ?? modelDefaults(dir)) };
     const attn = str(v, 'attn');
     if (attn !== undefined) defaults.attention = parseAttentionKind(attn);
     const eps = num(v, 'eps');
@@ -50,10 +51,10 @@ export async function run(argv: string[]): Promise<number> {
     }
     // newer transformers keep the chat template beside tokenizer_config.json
     const jinja = join(dir, 'chat_template.jinja');
-    const tokenizerConfig = existsSync(jinja) ? { ...(files.tokenizerConfig ?? {}), chat_template: readFileSync(jinja, 'utf8') } : files.tokenizerConfig;
+    const tokenizerConfig = !files.gguf && existsSync(jinja) ? { ...(files.tokenizerConfig ?? {}), chat_template: readFileSync(jinja, 'utf8') } : files.tokenizerConfig;
     exportGguf({
       config: c, weights: files.weights, masses, defaults, tokenizerJson: files.tokenizerJson, tokenizerConfig,
-      eosTokenIds: files.generation?.eosTokenIds ?? c.eosTokenIds, name: basename(dir),
+      eosTokenIds: files.generation?.eosTokenIds ?? c.eosTokenIds, name: basename(dir).replace(/\.gguf$/i, ''),
     }, out, type);
   } finally {
     files.weights.close();

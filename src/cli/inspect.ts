@@ -2,7 +2,7 @@
 import { readdirSync, statSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { softplus } from '../backend/cpu/ops.js';
-import { loadCheckpointFiles } from '../io/checkpoint.js';
+import { openModelSource } from '../io/model-source.js';
 import { loadMasses } from '../io/masses.js';
 import { numel, type DType } from '../tensor/dtype.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -43,7 +43,7 @@ export async function run(argv: string[]): Promise<number> {
   const v = parseCommand(argv, OPTIONS, usage);
   if (!v) return 0;
   const dir = resolveModelDir(v);
-  const files = loadCheckpointFiles(dir, { masses: str(v, 'masses') });
+  const files = await openModelSource(dir, { masses: str(v, 'masses') });
   try {
     const cfg = files.config;
     const w = files.weights;
@@ -58,12 +58,14 @@ export async function run(argv: string[]): Promise<number> {
       params += n;
       byDtype[dtype] = (byDtype[dtype] ?? 0) + n;
     }
-    const fileList = readdirSync(dir)
-      .filter((f) => statSync(join(dir, f)).isFile())
-      .sort()
-      .map((f) => ({ name: f, bytes: statSync(join(dir, f)).size }));
+    const fileList = files.gguf
+      ? [{ name: basename(dir), bytes: statSync(dir).size }]
+      : readdirSync(dir)
+        .filter((f) => statSync(join(dir, f)).isFile())
+        .sort()
+        .map((f) => ({ name: f, bytes: statSync(join(dir, f)).size }));
 
-    let masses: number[][] | null = null;
+    let masses: number[][] | null = files.masses ? files.masses.map((l) => [...l].map(softplus)) : null;
     let massError: string | null = null;
     if (files.massesPath) {
       try {
@@ -75,7 +77,7 @@ export async function run(argv: string[]): Promise<number> {
 
     let tokenizer: { vocab: number; chatTemplate: boolean; eos: string | null } | null = null;
     if (files.tokenizerJson) {
-      const t = TextTokenizer.hasTokenizer(dir) ? TextTokenizer.fromDir(dir) : null;
+      const t = files.gguf ? TextTokenizer.fromObjects(files.tokenizerJson, files.tokenizerConfig) : TextTokenizer.hasTokenizer(dir) ? TextTokenizer.fromDir(dir) : null;
       if (t) tokenizer = { vocab: t.vocabSize, chatTemplate: t.hasChatTemplate, eos: t.eosToken };
     }
 

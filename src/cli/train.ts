@@ -4,6 +4,9 @@ import { join } from 'node:path';
 import { parseAttentionKind } from '../attention/registry.js';
 import { fail } from '../errors.js';
 import { parseConfig } from '../io/config.js';
+import { isGgufFile } from '../io/gguf.js';
+import { openModelSource } from '../io/model-source.js';
+import type { ModelConfig } from '../model/config.js';
 import { modelDefaults } from '../model/load.js';
 import { crc32 } from '../io/zip.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -145,16 +148,26 @@ export async function run(argv: string[]): Promise<number> {
   const say = (s: string) => process.stderr.write(s + '\n');
 
   // ---- model facts the data needs (without loading weights)
-  const cfgPath = join(modelDir, 'config.json');
-  if (!existsSync(cfgPath)) fail(`${modelDir}: no config.json (is --model a model folder?)`);
-  let cfgJson: unknown;
-  try {
-    cfgJson = JSON.parse(readFileSync(cfgPath, 'utf8'));
-  } catch (e) {
-    fail(`${cfgPath}: invalid JSON (${(e as Error).message})`);
+  let cfg: ModelConfig;
+  let tokenizer: TextTokenizer | null;
+  if (isGgufFile(modelDir)) {
+    // a GGUF base: its metadata has the config and the tokenizer
+    const src = await openModelSource(modelDir);
+    src.weights.close();
+    cfg = src.config;
+    tokenizer = src.tokenizerJson ? TextTokenizer.fromObjects(src.tokenizerJson, src.tokenizerConfig) : null;
+  } else {
+    const cfgPath = join(modelDir, 'config.json');
+    if (!existsSync(cfgPath)) fail(`${modelDir}: no config.json (is --model a model folder or a .gguf file?)`);
+    let cfgJson: unknown;
+    try {
+      cfgJson = JSON.parse(readFileSync(cfgPath, 'utf8'));
+    } catch (e) {
+      fail(`${cfgPath}: invalid JSON (${(e as Error).message})`);
+    }
+    cfg = parseConfig(cfgJson, cfgPath);
+    tokenizer = TextTokenizer.hasTokenizer(modelDir) ? TextTokenizer.fromDir(modelDir) : null;
   }
-  const cfg = parseConfig(cfgJson, cfgPath);
-  const tokenizer = TextTokenizer.hasTokenizer(modelDir) ? TextTokenizer.fromDir(modelDir) : null;
   const eosFromTok = tokenizer?.eosToken ? tokenizer.tokenToId(tokenizer.eosToken) : undefined;
   const eosId = eosFromTok ?? cfg.eosTokenIds[0];
   if (eosId === undefined) fail(`${modelDir}: no eos token (neither tokenizer_config.json eos_token nor config.json eos_token_id); packing needs a separator`);

@@ -12,8 +12,8 @@ import { defaultsFromConfig, type GenerationDefaults, type ModelDefaults } from 
 
 export type { ModelDefaults } from '../io/model-files.js';
 import { fail } from '../errors.js';
-import { checkWeights, loadCheckpointFiles, type CheckpointFiles } from '../io/checkpoint.js';
-import { isGgufFile, openGgufModel } from '../io/gguf.js';
+import { checkWeights } from '../io/checkpoint.js';
+import { openModelSource } from '../io/model-source.js';
 import { findMassesFile, loadMasses } from '../io/masses.js';
 import { Qwen2Model, uploadWeights } from './qwen2.js';
 import type { CausalLM } from './types.js';
@@ -95,24 +95,21 @@ export function adapterDefaults(dir: string): ModelDefaults {
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   // masses trained with an adapter live in the adapter folder and take precedence over the base's
   const adapterMasses = opts.adapter && !opts.masses ? findMassesFile(opts.adapter) : null;
-  // a .gguf file (llama.cpp's format, io/gguf.ts) holds config, weights, tokenizer and maybe masses in one file
-  const gg = isGgufFile(dir) ? await openGgufModel(dir) : null;
-  const files: CheckpointFiles = gg
-    ? { dir, config: gg.config, weights: gg.weights, massesPath: opts.masses ?? adapterMasses, generation: { eosTokenIds: gg.eosTokenIds }, tokenizerJson: gg.tokenizerJson, tokenizerConfig: gg.tokenizerConfig }
-    : loadCheckpointFiles(dir, { masses: opts.masses ?? adapterMasses ?? undefined });
+  // a folder, or a .gguf file (llama.cpp's format, io/gguf.ts) with config, weights, tokenizer and maybe masses in one
+  const files = await openModelSource(dir, { masses: opts.masses ?? adapterMasses });
   const cfg = files.config;
   checkWeights(files.weights, cfg);
-  const defaults = { ...(gg ? gg.defaults : modelDefaults(files.dir)), ...(opts.adapter ? adapterDefaults(opts.adapter) : {}) };
+  const defaults = { ...(files.defaults ?? modelDefaults(files.dir)), ...(opts.adapter ? adapterDefaults(opts.adapter) : {}) };
   const attention = opts.attention ?? defaults.attention ?? 'gravity';
 
   let massLog: Float32Array[];
   if (files.massesPath) massLog = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads, { numKVHeads: cfg.numKVHeads });
-  else if (gg?.masses) massLog = gg.masses;
+  else if (files.masses) massLog = files.masses;
   else if (opts.massInit !== undefined) {
     const raw = parseMassInit(opts.massInit);
     massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(raw));
   } else if (usesMasses(attention)) {
-    return fail(`${files.dir}: ${gg ? 'no gravity masses in the file (key gravity.mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
+    return fail(`${files.dir}: ${files.gguf ? 'no gravity masses in the file (key gravity.mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
   } else massLog = [];
 
   let transform: WeightTransform | null = null;

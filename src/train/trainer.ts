@@ -20,7 +20,8 @@ import { createCpuBackend, type CpuBackend } from '../backend/cpu/index.js';
 import type { TrainOps } from '../backend/train-ops.js';
 import { DEFAULT_EPS, parseMassInit } from '../attention/registry.js';
 import { fail } from '../errors.js';
-import { expectedWeightShapes, loadCheckpointFiles } from '../io/checkpoint.js';
+import { expectedWeightShapes } from '../io/checkpoint.js';
+import { openModelSource } from '../io/model-source.js';
 import { loadMasses, massName, saveMasses } from '../io/masses.js';
 import { atomicWrite, openSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { ModelConfig } from '../model/config.js';
@@ -197,7 +198,7 @@ export class Trainer {
       const { createWebGPUTrainOps } = await import('./webgpu/ops.js');
       deps = { ...deps, ops: createWebGPUTrainOps(await createWebGPUBackend()) };
     }
-    const files = loadCheckpointFiles(dir, { masses: o.masses });
+    const files = await openModelSource(dir, { masses: o.masses });
     const cfg = files.config;
     let masses: Float64Array[];
     const massOpts = { numKVHeads: cfg.numKVHeads, form: o.massPerGroup ? 'groups' as const : 'heads' as const };
@@ -206,6 +207,7 @@ export class Trainer {
       // from scratch (--full), --mass-init replaces the random masses that init-random wrote
       const initWins = o.full && o.massInit !== undefined && !o.masses;
       if (files.massesPath && !initWins) masses = loadMasses(files.massesPath, cfg.numLayers, cfg.numHeads, massOpts).map((v) => Float64Array.from(v));
+      else if (files.masses && !initWins && !o.massPerGroup) masses = files.masses.map((v) => Float64Array.from(v));
       else if (o.massInit !== undefined) {
         const raw = parseMassInit(o.massInit);
         masses = Array.from({ length: cfg.numLayers }, () => new Float64Array(massCount).fill(raw));
