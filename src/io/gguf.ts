@@ -220,14 +220,8 @@ function hfNames(cfg: ModelConfig): string[] {
 
 export type ExportType = 'keep' | 'f32' | 'f16' | 'bf16' | 'q8_0';
 
-export interface ExportSource {
-  config: ModelConfig;
-  weights: WeightStore;
-  masses: Float32Array[] | null;
-  defaults: ModelDefaults;
-  eosTokenIds: number[];
-  tokenizerJson: object | null;
-  tokenizerConfig: object | null;
+/** what a GGUF file holds, as exportGguf takes it (openGgufModel's result is one, plus a name) */
+export interface ExportSource extends GgufModelFiles {
   name: string;
 }
 
