@@ -204,6 +204,44 @@ test('over HTTP the loader fetches weights by ranges (sharded fixture vs PyTorch
   }
 });
 
+test('a GGUF file over HTTP (gravity web --model x.gguf): the fetch loader reads it by ranges and gives the folder\'s logits and tokenizer; a server without ranges is refused', async () => {
+  const { startWebServer } = await import('../src/cli/web.js');
+  const { exportGguf } = await import('../src/io/gguf.js');
+  const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
+  const { loadMasses } = await import('../src/io/masses.js');
+  const { loadGgufFrom } = await import('../src/web/load.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-gguf-'));
+  const file = path.join(dir, 'mini.gguf');
+  const f = loadCheckpointFiles(MINI);
+  const c = f.config;
+  exportGguf({ config: c, weights: f.weights, masses: loadMasses(f.massesPath!, c.numLayers, c.numHeads), defaults: {}, eosTokenIds: f.generation!.eosTokenIds, tokenizerJson: f.tokenizerJson, tokenizerConfig: f.tokenizerConfig, name: 'mini' }, file, 'q8_0');
+  f.weights.close();
+  const s = await startWebServer({ modelDir: file, port: 0 });
+  try {
+    assert.match(s.url, /\?model=model\/mini\.gguf$/);
+    const base = s.url.replace(/\?.*$/, '');
+    const ranges: string[] = [];
+    const spy = (async (u: string | URL | Request, init?: RequestInit) => {
+      ranges.push(new Headers(init?.headers).get('range') ?? 'whole');
+      return fetch(u, init);
+    }) as typeof fetch;
+    const web = await loadGgufFrom(base + 'model/mini.gguf', { backend: be, fetch: spy });
+    const node = await loadModel(file, { backend: be });
+    const ids = web.tokenizer!.encode('What is 48 + 37?');
+    assert.deepEqual(ids, (await import('../src/cli/model-args.js')).tokenizerOf(node)!.encode('What is 48 + 37?'));
+    const a = await web.forward(web.newSession(1, ids.length), [ids], { logits: 'all' });
+    const b = await node.forward(node.newSession(1, ids.length), [ids], { logits: 'all' });
+    assert.deepEqual(Array.from(a), Array.from(b));
+    assert.ok(!ranges.includes('whole') && ranges.length > 20, `every read a range (${ranges.length} reads)`);
+    await assert.rejects(loadGgufFrom(base + 'model/other.gguf', { backend: be }), /other\.gguf: not found, or the server does not answer Range requests/);
+    const noRanges = (async (u: string | URL | Request) => fetch(u)) as typeof fetch;
+    await assert.rejects(loadGgufFrom(base + 'model/mini.gguf', { backend: be, fetch: noRanges }), /does not answer Range requests/);
+  } finally {
+    await s.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, with the Node CLI\'s tokens (greedy and top-k sampled); without WebGPU, auto falls back to the CPU', async () => {
   const exe = process.env.GRAVITY_CHROMIUM ?? '/usr/bin/chromium';
   assert.ok(fs.existsSync(exe), `${exe} not found: install Chromium with scripts/install-chromium.sh (or set GRAVITY_CHROMIUM)`);
@@ -237,6 +275,26 @@ test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, wit
       const ws = await generate(node, ids, { ...opts, tokenizer: t, eosTokenIds: chatEosIds(node, t) });
       const gs = await page.evaluate((o) => (window as any).gravity.run({ prompt: 'What is 48 + 37?', chat: true, ...o }), opts);
       assert.deepEqual(gs.outputIds, ws.outputIds, `${device}: sampled ids`);
+    }
+    // the same model as one GGUF file, served by `gravity web --model mini.gguf` (the page takes ?model=)
+    const { exportGguf } = await import('../src/io/gguf.js');
+    const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
+    const { loadMasses } = await import('../src/io/masses.js');
+    const { startWebServer } = await import('../src/cli/web.js');
+    const gdir = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-page-gguf-'));
+    const gfile = path.join(gdir, 'mini.gguf');
+    const f = loadCheckpointFiles(MINI);
+    exportGguf({ config: f.config, weights: f.weights, masses: loadMasses(f.massesPath!, f.config.numLayers, f.config.numHeads), defaults: {}, eosTokenIds: f.generation!.eosTokenIds, tokenizerJson: f.tokenizerJson, tokenizerConfig: f.tokenizerConfig, name: 'mini' }, gfile);
+    f.weights.close();
+    const gs = await startWebServer({ modelDir: gfile, port: 0, bundle: await bundleOnce() });
+    try {
+      await page.goto(gs.url);
+      assert.equal((await page.evaluate(() => (window as any).gravity.load({ device: 'cpu' }))).device, 'cpu');
+      const got = await page.evaluate(() => (window as any).gravity.run({ prompt: 'What is 48 + 37?', chat: true, temperature: 0, maxTokens: 24 }));
+      assert.deepEqual(got.outputIds, want.outputIds, 'GGUF in the page: generated ids');
+    } finally {
+      await gs.close();
+      fs.rmSync(gdir, { recursive: true, force: true });
     }
     assert.deepEqual(errors, []);
   } finally {

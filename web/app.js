@@ -1,6 +1,6 @@
 // The page's logic: load a model folder over HTTP with the browser build (gravity.js), stream generated text.
 // window.gravity exposes the same steps for scripted use (the browser test drives the page through it).
-import { loadModelFrom, urlFiles, generateStream } from './gravity.js';
+import { loadGgufFrom, loadModelFrom, urlFiles, generateStream } from './gravity.js';
 
 const $ = (id) => document.getElementById(id);
 let model = null;
@@ -20,12 +20,15 @@ async function load(opts = {}) {
   $('go').disabled = true;
   status(`loading ${url} …`);
   const t0 = performance.now();
-  model = await loadModelFrom(urlFiles(new URL(url, location.href).href), {
+  const href = new URL(url, location.href).href;
+  const lopts = {
     device,
     attention,
     label: url,
     onProgress: (done, total) => { if (done % 16 === 0 || done === total) status(`loading ${url}: ${done}/${total} tensors`); },
-  });
+  };
+  // a folder (config.json, safetensors, ...) or one GGUF file
+  model = await (/\.gguf$/i.test(new URL(href).pathname) ? loadGgufFrom(href, lopts) : loadModelFrom(urlFiles(href), lopts));
   const c = model.config;
   status(`${url}: ${c.numLayers} layers × ${c.hiddenSize}, ${model.attention} attention, on ${model.device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   $('go').disabled = false;
@@ -78,6 +81,9 @@ async function run(opts = {}) {
 }
 
 const fail = (e) => status(String(e?.message ?? e), true);
+// ?model=URL picks the model (gravity web sets it for a GGUF file)
+const asked = new URLSearchParams(location.search).get('model');
+if (asked) $('model').value = asked;
 $('load').onclick = () => load().catch(fail);
 $('go').onclick = () => run().catch(fail);
 $('stop').onclick = () => { stopped = true; };

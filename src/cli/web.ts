@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
 import { parseCommand, str } from './args.js';
 import { packageRoot, resolveModelDir } from './model-args.js';
@@ -15,7 +15,7 @@ export const usage = `usage: gravity web [--model DIR] [--port N] [--host ADDR]
 Serves a page that runs the model in the browser: WebGPU kernels where the browser has WebGPU, else the CPU
 (WebAssembly). Open the printed URL; the page loads the model from /model/.
 
-  --model DIR     model folder to serve (default: the bundled models/gravity-mini)
+  --model DIR     model folder or .gguf file to serve (default: the bundled models/gravity-mini)
   --port N        port (default 8080; 0 = any free port)
   --host ADDR     address to listen on (default 127.0.0.1)`;
 
@@ -36,7 +36,9 @@ export async function startWebServer(opts: { modelDir: string; port?: number; ho
   const root = packageRoot();
   const bundle = opts.bundle ?? join(root, 'dist', 'web', 'gravity.js');
   if (!fs.existsSync(bundle)) fail(`${bundle} is missing: run \`npm run build\` first (it bundles the browser build)`);
-  if (!fs.existsSync(join(opts.modelDir, 'config.json'))) fail(`${opts.modelDir}: no config.json (not a model folder)`);
+  // a GGUF file is served alone, as /model/<its name>
+  const ggufFile = /\.gguf$/i.test(opts.modelDir) && fs.existsSync(opts.modelDir) && fs.statSync(opts.modelDir).isFile() ? opts.modelDir : null;
+  if (!ggufFile && !fs.existsSync(join(opts.modelDir, 'config.json'))) fail(`${opts.modelDir}: no config.json (not a model folder or a .gguf file)`);
   const pages: Record<string, string> = {
     '/': join(root, 'web', 'index.html'),
     '/index.html': join(root, 'web', 'index.html'),
@@ -55,12 +57,12 @@ export async function startWebServer(opts: { modelDir: string; port?: number; ho
     } catch {
       return send(400, 'bad URL');
     }
-    let file = pages[path];
+    let file: string | undefined = pages[path];
     if (!file && path.startsWith('/model/')) {
       const name = path.slice('/model/'.length);
       // a plain file name of the folder: no subfolders, no dotfiles, nothing outside it
       if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(name)) return send(404, 'not found');
-      file = join(opts.modelDir, name);
+      file = ggufFile ? (name === basename(ggufFile) ? ggufFile : undefined) : join(opts.modelDir, name);
     }
     if (!file) return send(404, 'not found');
     fs.stat(file, (err, st) => {
@@ -99,7 +101,7 @@ export async function startWebServer(opts: { modelDir: string; port?: number; ho
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
   return {
-    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}/`,
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}/${ggufFile ? `?model=model/${encodeURIComponent(basename(ggufFile))}` : ''}`,
     close: () => new Promise<void>((resolve) => { server.closeAllConnections?.(); server.close(() => resolve()); }),
   };
 }

@@ -6,7 +6,7 @@
  *   const ids = model.tokenizer!.encode('What is 48 + 37?');
  *   const res = await generate(model, ids, { temperature: 0, maxNewTokens: 32, eosTokenIds: model.eosTokenIds });
  */
-export { loadModelFrom, urlFiles, type FileGetter, type WebLoadOptions, type WebModel } from './load.js';
+export { loadGgufFrom, loadModelFrom, urlFiles, type FileGetter, type WebLoadOptions, type WebModel } from './load.js';
 export { generate, generateStream, type GenerateOptions, type GenerateResult } from '../generate/generate.js';
 export { TextTokenizer } from '../tokenizer/tokenizer.js';
 export { createCpuBackend } from '../backend/cpu/index.js';

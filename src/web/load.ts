@@ -18,6 +18,9 @@ import { openSafetensorsRanged, safetensorsFromBytes, weightMapEntries, type Ran
 import { Qwen2Model, assembleWeights, weightPlan } from '../model/qwen2.js';
 import type { CausalLM } from '../model/types.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { ModelConfig } from '../model/config.js';
+import { gguf } from '@huggingface/gguf';
+import { decodeTensor, describeGguf, ggufName, type GgufParsed } from '../io/gguf-model.js';
 
 /**
  * A model's files by name: the bytes, or null when the model has no such file (an error for any other failure).
@@ -196,17 +199,59 @@ export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}):
   const template = await get('chat_template.jinja');
   const tokenizer = tokJson ? TextTokenizer.fromObjects(tokJson, tokConfig, template ? text(template) : undefined) : null;
 
+  const eos = generation?.eosTokenIds?.length ? generation.eosTokenIds : cfg.eosTokenIds;
+  return assemble(cfg, (n) => weights.readAsync(n), massLog, attention, opts.eps ?? defaults.eps ?? DEFAULT_EPS, { tokenizer, eosTokenIds: eos, generation }, opts);
+}
+
+/** the model on its backend, its weights read and uploaded one tensor at a time (read, upload, drop) */
+async function assemble(
+  cfg: ModelConfig, read: (name: string) => Promise<HostTensor>, massLog: Float32Array[], attention: AttentionKind, eps: number,
+  extra: { tokenizer: TextTokenizer | null; eosTokenIds: number[]; generation: GenerationDefaults | null }, opts: WebLoadOptions,
+): Promise<WebModel> {
   const be = opts.backend ?? (await createBackend(opts.device ?? 'auto'));
-  // one tensor in host memory at a time: read, upload, drop
   const plan = weightPlan(cfg);
   const up = new Map<string, Tensor>();
   for (const { name, hint } of plan) {
-    up.set(name, be.upload(await weights.readAsync(name), hint));
+    up.set(name, be.upload(await read(name), hint));
     opts.onProgress?.(up.size, plan.length, name);
   }
   const model = new Qwen2Model(cfg, be, assembleWeights(cfg, (n) => up.get(n)!), massLog);
   model.attention = attention;
-  model.eps = opts.eps ?? defaults.eps ?? DEFAULT_EPS;
-  const eos = generation?.eosTokenIds?.length ? generation.eosTokenIds : cfg.eosTokenIds;
-  return Object.assign(model, { tokenizer, eosTokenIds: eos, generation, device: be.name });
+  model.eps = eps;
+  return Object.assign(model, { ...extra, device: be.name });
+}
+
+/**
+ * Loads one GGUF file served over HTTP (gguf-model.ts: qwen2 / llama, block formats dequantized, the tokenizer and
+ * chat template from its metadata, gravity masses from gravity.mass_log). The server must answer Range requests:
+ * the header and then each tensor are fetched by range, so the file never sits in memory whole.
+ */
+export async function loadGgufFrom(url: string, opts: WebLoadOptions & { fetch?: typeof fetch } = {}): Promise<WebModel> {
+  const cut = url.lastIndexOf('/') + 1;
+  const name = url.slice(cut);
+  const label = opts.label ?? name;
+  const file = await urlFiles(url.slice(0, cut), opts.fetch).open!(name);
+  if (!file) fail(`${url}: not found, or the server does not answer Range requests (a GGUF file is read by ranges)`);
+  let parsed: GgufParsed;
+  try {
+    parsed = (await gguf(url, { fetch: opts.fetch })) as unknown as GgufParsed;
+  } catch (e) {
+    return fail(`${label}: not a readable GGUF file (${(e as Error).message})`);
+  }
+  const m = describeGguf(parsed, label, file.size);
+  const cfg = m.config;
+  const attention = opts.attention ?? m.defaults.attention ?? 'gravity';
+  let massLog: Float32Array[];
+  if (m.masses) massLog = m.masses;
+  else if (opts.massInit !== undefined) massLog = Array.from({ length: cfg.numLayers }, () => new Float32Array(cfg.numHeads).fill(parseMassInit(opts.massInit!)));
+  else if (usesMasses(attention)) return fail(`${label}: no gravity masses in the file (key gravity.mass_log); pass massInit ('raw:0.5' / 'mass:0.5') or attention 'dot'`);
+  else massLog = [];
+  for (const n of weightPlan(cfg).map((p) => p.name)) if (!m.tensors.has(n)) fail(`${label}: no tensor ${ggufName(n) ?? n} (for ${n})`);
+  const tokenizer = m.tokenizerJson ? TextTokenizer.fromObjects(m.tokenizerJson, m.tokenizerConfig) : null;
+  const read = async (n: string) => {
+    const e = m.tensors.get(n)!;
+    return decodeTensor(m, n, await file.read(e.offset, e.offset + e.bytes));
+  };
+  const extra = { tokenizer, eosTokenIds: m.eosTokenIds, generation: { eosTokenIds: m.eosTokenIds } };
+  return assemble(cfg, read, massLog, attention, opts.eps ?? m.defaults.eps ?? DEFAULT_EPS, extra, opts);
 }
