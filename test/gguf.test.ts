@@ -281,7 +281,7 @@ test('bad GGUF files: garbage, truncated, unknown architecture, unknown tensor t
   dot.dispose();
 });
 
-test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gguf file as --model', async () => {
+test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gguf file as --model; export --adapter writes the trained model as one file', async () => {
   const { spawnSync } = await import('node:child_process');
   const gravity = (args: string[]) => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { encoding: 'utf8' });
@@ -308,7 +308,27 @@ test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gg
   const run = join(tmp, 'run');
   const tr = gravity(['train', '--model', file, '--data', data, '--seq-len', '16', '--batch-size', '2', '--steps', '2', '--train-masses', '--out', run]);
   assert.equal(tr.code, 0, tr.err);
-  const gen = gravity(['generate', '--model', file, '--adapter', run, '--prompt-ids', '1,2,3', '--max-tokens', '3', '--temperature', '0', '--json']);
+  const gen = gravity(['generate', '--model', file, '--adapter', run, '--prompt-ids', '1,2,3', '--max-tokens', '6', '--temperature', '0', '--json']);
   assert.equal(gen.code, 0, gen.err);
-  assert.equal(JSON.parse(gen.out).output_ids.length, 3);
+  assert.equal(JSON.parse(gen.out).output_ids.length, 6);
+  // the trained model (adapter folded in, trained masses) as one file: the same tokens and logits
+  const merged = join(tmp, 'merged.gguf');
+  const mx = gravity(['export', '--model', file, '--adapter', run, '--out', merged, '--type', 'f32']);
+  assert.equal(mx.code, 0, mx.err);
+  const again = gravity(['generate', '--model', merged, '--prompt-ids', '1,2,3', '--max-tokens', '6', '--temperature', '0', '--json']);
+  assert.deepEqual(JSON.parse(again.out).output_ids, JSON.parse(gen.out).output_ids);
+  const a = await loadModel(file, { adapter: run });
+  const b = await loadModel(merged);
+  try {
+    const la = await a.forward(a.newSession(1, 5), [[1, 2, 3, 4, 5]], { logits: 'all' });
+    const lb = await b.forward(b.newSession(1, 5), [[1, 2, 3, 4, 5]], { logits: 'all' });
+    assert.ok(relErr(lb, la) <= 1e-6, `merged logits differ by ${relErr(lb, la)}`);
+    const base = await loadModel(file);
+    const l0 = await base.forward(base.newSession(1, 5), [[1, 2, 3, 4, 5]], { logits: 'all' });
+    base.dispose();
+    assert.ok(relErr(l0, la) > 1e-4, 'the adapter changes the logits (else this check proves nothing)');
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
 });

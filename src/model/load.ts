@@ -61,6 +61,13 @@ export function registerAdapterLoader(f: (dir: string, numLayers: number) => Pro
   adapterLoader = f;
 }
 
+/** the weight transform of a PEFT LoRA adapter folder (its deltas folded into the base weights as they are read) */
+export async function adapterTransformFor(dir: string, numLayers: number): Promise<WeightTransform> {
+  if (!adapterLoader) await import('../train/adapter.js').catch(() => undefined);
+  if (!adapterLoader) return fail('--adapter: LoRA adapters are not available in this build');
+  return adapterLoader(dir, numLayers);
+}
+
 /** The gravity_attention / gravity_eps keys of a folder's config.json (written by full training runs). */
 export function modelDefaults(dir: string): ModelDefaults {
   const file = path.join(dir, 'config.json');
@@ -112,12 +119,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     return fail(`${files.dir}: ${files.gguf ? 'no gravity masses in the file (key gravity.mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
   } else massLog = [];
 
-  let transform: WeightTransform | null = null;
-  if (opts.adapter) {
-    if (!adapterLoader) await import('../train/adapter.js').catch(() => undefined);
-    if (!adapterLoader) return fail('--adapter: LoRA adapters are not available in this build');
-    transform = await adapterLoader(opts.adapter, cfg.numLayers);
-  }
+  const transform = opts.adapter ? await adapterTransformFor(opts.adapter, cfg.numLayers) : null;
 
   const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu', { int8Prefill: opts.int8Prefill }));
   const names = files.weights.names();
