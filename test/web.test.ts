@@ -149,7 +149,7 @@ test('gravity web serves the page, the bundle and the model folder, read-only', 
   assert.equal((await get('model/%E0%A4%A')).status, 400);
   const { run } = await import('../src/cli/web.js');
   await assert.rejects(run(['--port', 'abc']), /--port must be a whole number in \[0, 65535\], got 'abc'/);
-  await assert.rejects(run(['--model', FIXTURES, '--port', '0']), /no config\.json \(not a model folder\)/);
+  await assert.rejects(run(['--model', FIXTURES, '--port', '0']), /no config\.json \(not a model folder or a \.gguf file\)/);
   const { startWebServer } = await import('../src/cli/web.js');
   await assert.rejects(startWebServer({ modelDir: MINI, port: 0, bundle: '/nonexistent/gravity.js' }), /\/nonexistent\/gravity\.js is missing: run `npm run build` first/);
   const port = Number(new URL(url).port);
