@@ -66,6 +66,7 @@ export interface GgufParsed {
   metadata: unknown;
   tensorInfos: { name: string; shape: (number | bigint)[]; dtype: number; offset: number | bigint }[];
   tensorDataOffset: number | bigint;
+  littleEndian?: boolean;
 }
 
 /** one tensor's place in the file */
@@ -104,6 +105,7 @@ const num = (meta: Record<string, unknown>, k: string, label: string, dflt?: num
 /** Checks a parsed GGUF file of `size` bytes and describes it as a model (no tensor data is read). */
 export function describeGguf(parsed: GgufParsed, label: string, size: number): GgufModel {
   const meta = parsed.metadata as unknown as Record<string, unknown>;
+  if (parsed.littleEndian === false) fail(`${label}: a big-endian GGUF file; only little-endian files are read`);
   const arch = meta['general.architecture'];
   if (arch !== 'qwen2' && arch !== 'llama') fail(`${label}: architecture '${String(arch)}' is not supported (qwen2, llama)`);
   const k = (s: string) => `${arch}.${s}`;
