@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { loadModel } from '../src/model/load.js';
 import { loadCheckpointFiles } from '../src/io/checkpoint.js';
 import { loadMasses } from '../src/io/masses.js';
-import { exportGguf, openGgufModel, type ExportType } from '../src/io/gguf.js';
+import { exportGguf, openGgufModel } from '../src/io/gguf.js';
 import { BLOCK, GGML, dequantize, quantizeQ8_0 } from '../src/io/gguf-quants.js';
 import { writeGguf } from '../src/io/gguf-write.js';
 import { f16ToF32, f32ToF16, toF32 } from '../src/tensor/dtype.js';
@@ -20,21 +20,10 @@ import { generate } from '../src/generate/generate.js';
 import { FIXTURES, INFERENCE_FIXTURES, loadExpected, relErr } from './helpers/fixtures.js';
 import { rand } from './helpers/random.js';
 import { tokenizerOf } from '../src/cli/model-args.js';
+import { exportFolder } from './helpers/gguf.js';
 
 const tmp = fs.mkdtempSync(join(tmpdir(), 'gravity-gguf-'));
 process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
-
-/** a model folder written as GGUF with its masses, as `gravity export` does */
-function exportFolder(dir: string, out: string, type: ExportType = 'keep'): void {
-  const f = loadCheckpointFiles(dir);
-  try {
-    const c = f.config;
-    const masses = f.massesPath ? loadMasses(f.massesPath, c.numLayers, c.numHeads, { numKVHeads: c.numKVHeads }) : null;
-    exportGguf({ config: c, weights: f.weights, masses, defaults: {}, eosTokenIds: f.generation?.eosTokenIds ?? c.eosTokenIds, tokenizerJson: f.tokenizerJson, tokenizerConfig: f.tokenizerConfig, name: 'test' }, out, type);
-  } finally {
-    f.weights.close();
-  }
-}
 
 for (const name of INFERENCE_FIXTURES) {
   test(`${name}: exported to GGUF and loaded back, PyTorch's logits (gravity and dot) and greedy tokens`, async () => {

@@ -15,6 +15,7 @@ import { generate } from '../src/generate/generate.js';
 import { loadModel } from '../src/model/load.js';
 import { FIXTURES, INFERENCE_FIXTURES, argmax, loadExpected, relErr } from './helpers/fixtures.js';
 import { GravityError } from '../src/errors.js';
+import { exportFolder } from './helpers/gguf.js';
 
 const be = createCpuBackend();
 const MINI = 'models/gravity-mini';
@@ -206,16 +207,10 @@ test('over HTTP the loader fetches weights by ranges (sharded fixture vs PyTorch
 
 test('a GGUF file over HTTP (gravity web --model x.gguf): the fetch loader reads it by ranges and gives the folder\'s logits and tokenizer; a server without ranges is refused', async () => {
   const { startWebServer } = await import('../src/cli/web.js');
-  const { exportGguf } = await import('../src/io/gguf.js');
-  const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
-  const { loadMasses } = await import('../src/io/masses.js');
   const { loadGgufFrom } = await import('../src/web/load.js');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-web-gguf-'));
   const file = path.join(dir, 'mini.gguf');
-  const f = loadCheckpointFiles(MINI);
-  const c = f.config;
-  exportGguf({ config: c, weights: f.weights, masses: loadMasses(f.massesPath!, c.numLayers, c.numHeads), defaults: {}, eosTokenIds: f.generation!.eosTokenIds, tokenizerJson: f.tokenizerJson, tokenizerConfig: f.tokenizerConfig, name: 'mini' }, file, 'q8_0');
-  f.weights.close();
+  exportFolder(MINI, file, 'q8_0');
   const s = await startWebServer({ modelDir: file, port: 0 });
   try {
     assert.match(s.url, /\?model=model\/mini\.gguf$/);
@@ -277,15 +272,10 @@ test('the page runs the bundled model in Chromium, on the CPU and on WebGPU, wit
       assert.deepEqual(gs.outputIds, ws.outputIds, `${device}: sampled ids`);
     }
     // the same model as one GGUF file, served by `gravity web --model mini.gguf` (the page takes ?model=)
-    const { exportGguf } = await import('../src/io/gguf.js');
-    const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
-    const { loadMasses } = await import('../src/io/masses.js');
     const { startWebServer } = await import('../src/cli/web.js');
     const gdir = fs.mkdtempSync(path.join(os.tmpdir(), 'gravity-page-gguf-'));
     const gfile = path.join(gdir, 'mini.gguf');
-    const f = loadCheckpointFiles(MINI);
-    exportGguf({ config: f.config, weights: f.weights, masses: loadMasses(f.massesPath!, f.config.numLayers, f.config.numHeads), defaults: {}, eosTokenIds: f.generation!.eosTokenIds, tokenizerJson: f.tokenizerJson, tokenizerConfig: f.tokenizerConfig, name: 'mini' }, gfile);
-    f.weights.close();
+    exportFolder(MINI, gfile);
     const gs = await startWebServer({ modelDir: gfile, port: 0, bundle: await bundleOnce() });
     try {
       await page.goto(gs.url);
