@@ -157,6 +157,26 @@ function refValue(type: number, b: Uint8Array, i: number): number {
       return h(o) * ((((b[o + 6 + (e % 16)] >> (e < 16 ? 0 : 4)) & 15) | (hi << 4)) - 16);
     }
     case GGML.Q8_0: return h(o) * ((b[o + 2 + e] << 24) >> 24);
+    case GGML.Q2_K: { // CUDA's element-wise form: n = half of 128, k = 32-value quarter, l = lane
+      const n = Math.floor(e / 128);
+      const k = Math.floor((e % 128) / 32);
+      const l = e % 32;
+      const sc = b[o + 8 * n + Math.floor(l / 16) + 2 * k];
+      return h(o + 80) * (sc & 15) * ((b[o + 16 + 32 * n + l] >> (2 * k)) & 3) - h(o + 82) * (sc >> 4);
+    }
+    case GGML.Q3_K: {
+      const n = Math.floor(e / 128);
+      const j = Math.floor((e % 128) / 32);
+      const l = e % 32;
+      const is = 8 * n + 2 * j + (l >= 16 ? 1 : 0);
+      const S = o + 96;
+      const us = is < 4 ? (b[S + is] & 15) | ((b[S + is + 8] & 3) << 4)
+        : is < 8 ? (b[S + is] & 15) | (((b[S + is + 4] >> 2) & 3) << 4)
+          : is < 12 ? (b[S + is - 8] >> 4) | (((b[S + is] >> 4) & 3) << 4)
+            : (b[S + is - 8] >> 4) | (((b[S + is - 4] >> 6) & 3) << 4);
+      const q = (b[o + 32 + 32 * n + l] >> (2 * j)) & 3;
+      return h(o + 108) * (us - 32) * (q - (b[o + l] & (1 << (4 * n + j)) ? 0 : 4));
+    }
     case GGML.Q4_K: case GGML.Q5_K: {
       const sub = Math.floor(e / 32); // 8 sub-blocks of 32
       const [sc, mn] = sm(o + 4, sub);
@@ -180,13 +200,13 @@ function refValue(type: number, b: Uint8Array, i: number): number {
   throw new Error(`no reference for ${type}`);
 }
 
-test('block formats (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K): every value as ggml\'s layout defines it', () => {
-  for (const type of [GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q8_0, GGML.Q4_K, GGML.Q5_K, GGML.Q6_K]) {
+test('block formats (Q4_0, Q4_1, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): every value as ggml\'s layout defines it', () => {
+  for (const type of [GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q8_0, GGML.Q2_K, GGML.Q3_K, GGML.Q4_K, GGML.Q5_K, GGML.Q6_K]) {
     const blk = BLOCK[type];
     const nb = 3;
     const bytes = Uint8Array.from({ length: nb * blk.bytes }, (_, i) => (i * 2654435761 + type * 97) >>> 13 & 255);
     // sane f16 scales (random bytes could be NaN / inf): the d (and dmin / m) fields of every block
-    const scales: Record<number, number[]> = { [GGML.Q4_K]: [0, 2], [GGML.Q5_K]: [0, 2], [GGML.Q6_K]: [208], [GGML.Q4_1]: [0, 2] };
+    const scales: Record<number, number[]> = { [GGML.Q4_K]: [0, 2], [GGML.Q5_K]: [0, 2], [GGML.Q6_K]: [208], [GGML.Q4_1]: [0, 2], [GGML.Q2_K]: [80, 82], [GGML.Q3_K]: [108] };
     for (let k = 0; k < nb; k++) {
       for (const at of scales[type] ?? [0]) {
         const hbits = f32ToF16(0.01 * (k + 1) * (at ? -0.5 : 1));
@@ -245,13 +265,13 @@ test('bad GGUF files: garbage, truncated, unknown architecture, unknown tensor t
   writeGguf(odd, new Map([['general.architecture', { t: 'str', v: 'qwen2' }], ['qwen2.embedding_length', { t: 'u32', v: 8 }], ['qwen2.attention.head_count', { t: 'u32', v: 2 }]]), []);
   await assert.rejects(loadModel(odd), /odd\.gguf: no token_embd\.weight/);
   await assert.rejects(loadModel(join(tmp, 'missing.gguf')), /missing\.gguf: file does not exist/);
-  // a tensor type we do not read (Q2_K = 10) in place of the embedding's F32
+  // a tensor type we do not read (IQ2_XXS = 16) in place of the embedding's F32
   const q2 = Buffer.from(bytes);
   const at = q2.indexOf(Buffer.from('token_embd.weight')) + 'token_embd.weight'.length;
-  q2.writeUInt32LE(10, at + 4 + 8 * q2.readUInt32LE(at));
+  q2.writeUInt32LE(16, at + 4 + 8 * q2.readUInt32LE(at));
   const q2File = join(tmp, 'q2.gguf');
   fs.writeFileSync(q2File, q2);
-  await assert.rejects(loadModel(q2File), /q2\.gguf: tensor token_embd\.weight has GGML type 10, which is not read here/);
+  await assert.rejects(loadModel(q2File), /q2\.gguf: tensor token_embd\.weight has GGML type 16, which is not read here/);
   // a file without masses: gravity needs them, dot does not
   const plain = join(tmp, 'plain.gguf');
   const f = loadCheckpointFiles(join(FIXTURES, 'qwen2-gqa-f32'));

@@ -148,7 +148,7 @@ export function describeGguf(parsed: GgufParsed, label: string, size: number): G
   for (const t of parsed.tensorInfos) {
     const shape = t.shape.map(Number).reverse();
     const blk = BLOCK[t.dtype];
-    if (!blk) fail(`${label}: tensor ${t.name} has GGML type ${t.dtype}, which is not read here (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)`);
+    if (!blk) fail(`${label}: tensor ${t.name} has GGML type ${t.dtype}, which is not read here (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)`);
     if (shape[shape.length - 1] % blk.n !== 0) fail(`${label}: tensor ${t.name}: rows of ${shape[shape.length - 1]} are not whole ${blk.name} blocks`);
     const bytes = (numel(shape) / blk.n) * blk.bytes;
     const offset = dataStart + Number(t.offset);

@@ -1,11 +1,11 @@
 /**
  * GGML tensor types: ids, block sizes, and dequantization of the block formats found in llama.cpp's GGUF files (the
- * layouts of ggml-common.h: Q4_0, Q4_1, Q5_0, Q8_0, and the 256-value super-blocks Q4_K, Q5_K, Q6_K), plus Q8_0
+ * layouts of ggml-common.h: Q4_0, Q4_1, Q5_0, Q8_0, and the 256-value super-blocks Q2_K .. Q6_K), plus Q8_0
  * quantization for the writer (llama.cpp's reference rounding). Little-endian bytes in, f32 out.
  */
 import { f16ToF32, f32ToF16 } from '../tensor/dtype.js';
 
-export const GGML = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q8_0: 8, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 } as const;
+export const GGML = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q8_0: 8, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 } as const;
 export type GgmlTypeName = keyof typeof GGML;
 
 /** values per block and bytes per block of each type we read */
@@ -17,6 +17,8 @@ export const BLOCK: Record<number, { n: number; bytes: number; name: GgmlTypeNam
   [GGML.Q4_1]: { n: 32, bytes: 20, name: 'Q4_1' },
   [GGML.Q5_0]: { n: 32, bytes: 22, name: 'Q5_0' },
   [GGML.Q8_0]: { n: 32, bytes: 34, name: 'Q8_0' },
+  [GGML.Q2_K]: { n: 256, bytes: 84, name: 'Q2_K' },
+  [GGML.Q3_K]: { n: 256, bytes: 110, name: 'Q3_K' },
   [GGML.Q4_K]: { n: 256, bytes: 144, name: 'Q4_K' },
   [GGML.Q5_K]: { n: 256, bytes: 176, name: 'Q5_K' },
   [GGML.Q6_K]: { n: 256, bytes: 210, name: 'Q6_K' },
@@ -64,6 +66,53 @@ function q5_0(b: Uint8Array, o: number, y: Float32Array, at: number): void {
 function q8_0(b: Uint8Array, o: number, y: Float32Array, at: number): void {
   const d = half(b, o);
   for (let j = 0; j < 32; j++) y[at + j] = ((b[o + 2 + j] << 24) >> 24) * d;
+}
+
+/** scales[16] (low nibble scale, high nibble min), qs[64] (2 bits), d, dmin */
+function q2_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
+  const d = half(b, o + 80);
+  const dmin = half(b, o + 82);
+  let q = o + 16;
+  let is = o;
+  for (let n = 0; n < 2; n++) {
+    for (let shift = 0; shift < 8; shift += 2) {
+      for (let h = 0; h < 2; h++) {
+        const sc = b[is++];
+        const dl = d * (sc & 0xf);
+        const ml = dmin * (sc >> 4);
+        for (let l = 0; l < 16; l++) y[at++] = dl * ((b[q + l + 16 * h] >> shift) & 3) - ml;
+      }
+    }
+    q += 32;
+  }
+}
+
+/** hmask[32] (high bit, set = no offset), qs[64] (2 bits), scales[12] (16 x 6 bits, packed), d */
+function q3_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
+  const d = half(b, o + 108);
+  const s = o + 96;
+  // the 16 six-bit scales: low 4 bits from bytes 0..7 (low then high nibbles), top 2 bits from bytes 8..11
+  const sc = new Int8Array(16);
+  for (let i = 0; i < 16; i++) {
+    const lo = i < 8 ? b[s + i] & 0xf : b[s + i - 8] >> 4;
+    const hi = (b[s + 8 + (i % 4)] >> (2 * Math.floor(i / 4))) & 3;
+    sc[i] = (lo | (hi << 4)) - 32;
+  }
+  let q = o + 32;
+  let m = 1;
+  let is = 0;
+  for (let n = 0; n < 2; n++) {
+    for (let shift = 0; shift < 8; shift += 2, m <<= 1) {
+      for (let h = 0; h < 2; h++) {
+        const dl = d * sc[is++];
+        for (let l = 0; l < 16; l++) {
+          const i = l + 16 * h;
+          y[at++] = dl * (((b[q + i] >> shift) & 3) - (b[o + i] & m ? 0 : 4));
+        }
+      }
+    }
+    q += 32;
+  }
 }
 
 function q4_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
@@ -124,7 +173,7 @@ function q6_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
 }
 
 const BLOCK_FN: Record<number, (b: Uint8Array, o: number, y: Float32Array, at: number) => void> = {
-  [GGML.Q4_0]: q4_0, [GGML.Q4_1]: q4_1, [GGML.Q5_0]: q5_0, [GGML.Q8_0]: q8_0, [GGML.Q4_K]: q4_k, [GGML.Q5_K]: q5_k, [GGML.Q6_K]: q6_k,
+  [GGML.Q4_0]: q4_0, [GGML.Q4_1]: q4_1, [GGML.Q5_0]: q5_0, [GGML.Q8_0]: q8_0, [GGML.Q2_K]: q2_k, [GGML.Q3_K]: q3_k, [GGML.Q4_K]: q4_k, [GGML.Q5_K]: q5_k, [GGML.Q6_K]: q6_k,
 };
 
 /** the n values of a quantized tensor's bytes (n a multiple of the block size; the caller checks the byte count) */
