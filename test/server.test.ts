@@ -17,6 +17,7 @@ const FIX = 'test/fixtures/qwen2-gqa-f32';
 const MINI = 'models/gravity-mini';
 let fixture: LoadedModel, mini: LoadedModel;
 let fx: ApiServer, mn: ApiServer;
+const logLines: string[] = [];
 
 function served(model: LoadedModel, id: string): Served {
   const tokenizer = tokenizerOf(model);
@@ -27,7 +28,7 @@ before(async () => {
   fixture = await loadModel(FIX);
   mini = await loadModel(MINI);
   fx = await startApiServer(served(fixture, 'fixture'), { port: 0, maxBodyBytes: 1 << 16 });
-  mn = await startApiServer(served(mini, 'gravity-mini'), { port: 0 });
+  mn = await startApiServer(served(mini, 'gravity-mini'), { port: 0, log: (l) => logLines.push(l) });
 });
 after(async () => {
   await fx?.close();
@@ -107,6 +108,9 @@ test('chat: the answer of generate() with the chat template, whole and streamed;
   const models = await (await fetch(mn.url + '/v1/models')).json();
   assert.deepEqual(models.data.map((m: any) => [m.id, m.max_model_len]), [['gravity-mini', mini.config.maxPositionEmbeddings]]);
   assert.deepEqual(await (await fetch(mn.url + '/health')).json(), { status: 'ok' });
+  // the access log: a line per request with its status
+  assert.ok(logLines.some((l) => /^POST \/v1\/chat\/completions 200 \d+ ms$/.test(l)), logLines.join('\n'));
+  assert.ok(logLines.some((l) => /^GET \/health 200 \d+ ms$/.test(l)));
 });
 
 test('bad requests: OpenAI errors naming the field, 4xx statuses, and the server keeps serving', async () => {

@@ -38,7 +38,7 @@ export async function run(argv: string[]): Promise<number> {
     created: Math.floor(Date.now() / 1000),
   };
   try {
-    const s = await startApiServer(served, { port, host: str(v, 'host') });
+    const s = await startApiServer(served, { port, host: str(v, 'host'), log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`) });
     process.stdout.write(`serving '${served.id}' on ${s.url}/v1 (OpenAI API; Ctrl-C to stop)\n`);
   } catch (e) {
     model.dispose();

@@ -63,7 +63,13 @@ class Queue {
 
 const ROUTES: Record<string, Endpoint> = { '/v1/completions': 'completion', '/v1/chat/completions': 'chat' };
 
-export function createApiServer(s: Served, opts: { maxBodyBytes?: number } = {}): http.Server {
+export interface ApiServerOptions {
+  maxBodyBytes?: number;
+  /** one line per answered request: method, path, status, milliseconds */
+  log?: (line: string) => void;
+}
+
+export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Server {
   const queue = new Queue();
   const limit = opts.maxBodyBytes ?? MAX_BODY_BYTES;
 
@@ -145,6 +151,10 @@ export function createApiServer(s: Served, opts: { maxBodyBytes?: number } = {})
   }
 
   return http.createServer((req, res) => {
+    if (opts.log) {
+      const t0 = performance.now();
+      res.on('close', () => opts.log!(`${req.method} ${req.url} ${res.headersSent ? res.statusCode : '-'} ${(performance.now() - t0).toFixed(0)} ms${res.writableFinished ? '' : ' (client gone)'}`));
+    }
     let path: string;
     try {
       path = new URL(req.url ?? '/', 'http://x').pathname;
@@ -179,7 +189,7 @@ export function createApiServer(s: Served, opts: { maxBodyBytes?: number } = {})
 }
 
 /** Starts the server; resolves once it listens (port 0 = any free port). */
-export async function startApiServer(s: Served, opts: { port?: number; host?: string; maxBodyBytes?: number } = {}): Promise<ApiServer> {
+export async function startApiServer(s: Served, opts: ApiServerOptions & { port?: number; host?: string } = {}): Promise<ApiServer> {
   const server = createApiServer(s, opts);
   const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
