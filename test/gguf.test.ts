@@ -105,7 +105,7 @@ function lastInfoEnd(buf: Buffer): number {
   return p;
 }
 
-test('q8_0 export: llama.cpp\'s block rounding, and logits within the quantization error', async () => {
+test('q8_0 export: llama.cpp\'s block rounding, logits within the quantization error; the CPU keeps Q8_0 weights at 8 bits, exactly', async () => {
   const x = rand(32 * 40, 5, 2);
   x[3] = 0; // a zero and a block of zeros
   x.fill(0, 64, 96);
@@ -137,8 +137,45 @@ test('q8_0 export: llama.cpp\'s block rounding, and logits within the quantizati
     const logits = await m.forward(m.newSession(ids.length, ids[0].length), ids, { logits: 'all' });
     const e = relErr(logits, exp.tensors.get('gravity.logits')!.data);
     assert.ok(e > 1e-5 && e <= 2e-2, `q8_0 logits rel err ${e.toExponential(2)}`);
+    // on the CPU the linears stay Q8_0 (8 bits a weight) and compute exactly what the widened f32 values give
+    const q = (m.weights.layers[0].q as unknown as { prepared: { dtype: string } }).prepared;
+    assert.equal(q.dtype, 'Q8_0');
+    const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+    const f32 = await loadModel(file, { backend: createCpuBackend({ matmul: 'js' }) }); // widens Q8_0 to f32
+    const bf16 = await loadModel(file, { keepQ8: false });
+    try {
+      const want = await f32.forward(f32.newSession(ids.length, ids[0].length), ids, { logits: 'all' });
+      assert.ok(relErr(logits, want) <= 1e-5, `kept Q8_0 vs widened f32: ${relErr(logits, want).toExponential(2)}`);
+      const viaBf16 = await bf16.forward(bf16.newSession(ids.length, ids[0].length), ids, { logits: 'all' });
+      assert.ok(relErr(viaBf16, want) > 1e-4, 'widening to bf16 rounds the Q8_0 values (else the comparison above proves nothing)');
+    } finally {
+      f32.dispose();
+      bf16.dispose();
+    }
   } finally {
     m.dispose();
+  }
+  // llama: the kept Q8_0 rows of q/k are un-permuted as the widened ones are (a random llama whose rows are whole
+  // blocks; the fixture's 48 are not)
+  const { writeRandomCheckpoint } = await import('../src/io/random.js');
+  const ldir = join(tmp, 'llama-rand');
+  const base = loadCheckpointFiles(join(FIXTURES, 'llama-gqa-f16'));
+  base.weights.close();
+  writeRandomCheckpoint(ldir, { ...base.config, hiddenSize: 64, numHeads: 4, numKVHeads: 2, headDim: 16, intermediateSize: 96 }, { seed: 3, dtype: 'F32' });
+  const lfile = join(tmp, 'llama-q8.gguf');
+  exportFolder(ldir, lfile, 'q8_0');
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const a = await loadModel(lfile);
+  const b = await loadModel(lfile, { backend: createCpuBackend({ matmul: 'js' }) });
+  try {
+    assert.equal((a.weights.layers[0].k as unknown as { prepared: { dtype: string } }).prepared.dtype, 'Q8_0');
+    const lids = [[5, 9, 2, 77, 31, 4, 18, 200]];
+    const la = await a.forward(a.newSession(lids.length, lids[0].length), lids, { logits: 'all' });
+    const lb = await b.forward(b.newSession(lids.length, lids[0].length), lids, { logits: 'all' });
+    assert.ok(relErr(la, lb) <= 1e-5, `llama kept Q8_0 vs widened: ${relErr(la, lb).toExponential(2)}`);
+  } finally {
+    a.dispose();
+    b.dispose();
   }
 });
 

@@ -295,3 +295,53 @@ test('matmul wasm: linearBackwardWeight larger than the scratch is chunked over 
   close(g, w, s, 'chunked dW');
   e.close();
 });
+
+/** Q8_0 blocks (f16 scale + 32 int8) of random values, and the exact f32 values they stand for, as f64 */
+function makeQ8(rows: number, cols: number, seed: number): { blocks: Uint8Array; ref: Float64Array } {
+  const r = rng(seed);
+  const nb = (rows * cols) / 32;
+  const blocks = new Uint8Array(nb * 34);
+  const ref = new Float64Array(rows * cols);
+  for (let b = 0; b < nb; b++) {
+    const h = f32ToF16(0.001 + Math.abs(r()) * 0.05);
+    blocks[b * 34] = h & 255;
+    blocks[b * 34 + 1] = h >> 8;
+    const d = f16ToF32(h);
+    for (let j = 0; j < 32; j++) {
+      const q = Math.round(r() * 254); // -127 .. 127, both signs
+      blocks[b * 34 + 2 + j] = q & 255;
+      ref[b * 32 + j] = Math.fround(q * d);
+    }
+  }
+  return { blocks, ref };
+}
+
+for (const [name, make] of engines) {
+  test(`matmul ${name}: Q8_0 weights (prepareQ8) match a float64 reference; decode and GEMM paths, odd rows, 2 k-blocks`, async () => {
+    const e = make();
+    if (name === 'wasm t2') {
+      const ready = () => (e as unknown as { workersReady(): number }).workersReady();
+      for (let i = 0; i < 500 && ready() < 1; i++) await new Promise((r) => setTimeout(r, 10));
+    }
+    let seed = 900;
+    // 544 and 1056 columns cross the 512 k-block of the GEMM path; 5 and 13 rows leave tails of the 4-row tile
+    for (const [IN, OUT] of [[32, 5], [96, 13], [544, 7], [1056, 4]] as const) {
+      const { blocks, ref } = makeQ8(OUT, IN, seed++);
+      const pw = e.prepareQ8(blocks, OUT, IN);
+      assert.deepEqual([pw.dtype, pw.rows, pw.cols], [name === 'js' ? 'F32' : 'Q8_0', OUT, IN]);
+      for (const N of [1, 3, 4, 9]) {
+        const x = randF32(N * IN, seed++);
+        const bias = randF32(OUT, seed++);
+        for (const b of [null, bias]) {
+          const want = refLinear(x, N, ref, OUT, IN, b);
+          close(e.linear(x, N, pw, b), want.y, want.s, `${name} Q8_0 linear N=${N} ${IN}->${OUT} bias=${!!b}`);
+        }
+      }
+      if (name !== 'js') assert.throws(() => e.linearBackwardInput(randF32(OUT, 1), 1, pw), /Q8_0 weights are for inference/);
+      e.release(pw);
+    }
+    assert.throws(() => e.prepareQ8(new Uint8Array(34), 1, 30), /rows of 30 values are not whole Q8_0 blocks of 32/);
+    assert.throws(() => e.prepareQ8(new Uint8Array(33), 1, 32), /33 bytes for \[1, 32\] Q8_0 \(34 expected\)/);
+    e.close();
+  });
+}

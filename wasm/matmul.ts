@@ -1,7 +1,8 @@
 // AssemblyScript source of the CPU matmul kernels (compiled by scripts/build-wasm.mjs into
 // src/backend/cpu/wasm-binary.ts). All pointers are byte offsets into the imported shared memory; the
 // caller splits the work between threads by output rows (forward) or input columns (backward).
-// Weight dtype codes: 0 = f32, 1 = bf16, 2 = f16 (16-bit weights are widened in registers, never in memory).
+// Weight dtype codes: 0 = f32, 1 = bf16, 2 = f16 (16-bit weights are widened in registers, never in memory),
+// 3 = Q8_0 (8-bit blocks with f32 scales, forward only; see fwdQ8).
 // The kernels are generic over a marker type W (f32 = f32, u16 = bf16, i16 = f16) so every dtype gets its own
 // compiled loop: a runtime dtype test inside the inner loop is what binaryen left when they were merged.
 
@@ -281,10 +282,94 @@ function bwdT<W>(dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize
   }
 }
 
-/** tmp: this thread's 4 x 512 f32 (8 KB) buffer for widened weight tiles. */
+// Q8_0 weights (GGUF's 8-bit blocks), repacked by the host: int8 quants [OUT, IN] at w, then one f32 scale per
+// 32 values [OUT, IN / 32] at the next 16-byte boundary. IN is a multiple of 32.
+@inline function q8Scales(w: usize, IN: usize, OUT: usize): usize {
+  return (w + OUT * IN + 15) & ~(<usize>15);
+}
+
+/** weights [k0, k1) of a Q8_0 row (quants at wr, scales at sr) as f32 at dst: q * scale, 32 at a time */
+@inline function q8Row(wr: usize, sr: usize, k0: usize, k1: usize, dst: usize): void {
+  for (let k = k0; k < k1; k += 32) {
+    const s = v128.load_splat<f32>(sr + ((k >> 5) << 2));
+    const d = dst + ((k - k0) << 2);
+    for (let h: usize = 0; h < 32; h += 16) {
+      const q = v128.load(wr + k + h);
+      const lo = i16x8.extend_low_i8x16_s(q);
+      const hi = i16x8.extend_high_i8x16_s(q);
+      v128.store(d + (h << 2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), s));
+      v128.store(d + (h << 2) + 16, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), s));
+      v128.store(d + (h << 2) + 32, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), s));
+      v128.store(d + (h << 2) + 48, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), s));
+    }
+  }
+}
+
+/**
+ * y = bias + x · wᵀ for Q8_0 weights, rows [o0, o1). Decode (N < 4): each row's blocks widened in registers and
+ * dotted with x, whole rows streamed (half the bytes of bf16). GEMM: 4-row tiles of KB columns widened into tmp
+ * once and multiplied by all N rows with rows4<f32>, as the 16-bit path does. Both take q * scale in f32 first.
+ */
+function fwdQ8(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
+  const xrow = IN << 2;
+  const yrow = OUT << 2;
+  const srow = (IN >> 5) << 2;
+  const sc = q8Scales(w, IN, OUT);
+  for (let n: usize = 0; n < N; n++) {
+    const yp = y + n * yrow;
+    for (let o = o0; o < o1; o++) store<f32>(yp + (o << 2), bias != 0 ? load<f32>(bias + (o << 2)) : 0);
+  }
+  if (N < 4) {
+    for (let o = o0; o < o1; o++) {
+      const wr = w + o * IN;
+      const sr = sc + o * srow;
+      for (let n: usize = 0; n < N; n++) {
+        const xa = x + n * xrow;
+        let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+        for (let k: usize = 0; k < IN; k += 32) {
+          const s = v128.load_splat<f32>(sr + ((k >> 5) << 2));
+          for (let h: usize = 0; h < 32; h += 16) {
+            const q = v128.load(wr + k + h);
+            const lo = i16x8.extend_low_i8x16_s(q);
+            const hi = i16x8.extend_high_i8x16_s(q);
+            const xp = xa + ((k + h) << 2);
+            a0 = f32x4.add(a0, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), s), v128.load(xp)));
+            a1 = f32x4.add(a1, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), s), v128.load(xp, 16)));
+            a0 = f32x4.add(a0, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), s), v128.load(xp, 32)));
+            a1 = f32x4.add(a1, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), s), v128.load(xp, 48)));
+          }
+        }
+        const ya = y + n * yrow + (o << 2);
+        store<f32>(ya, load<f32>(ya) + hsum(f32x4.add(a0, a1)));
+      }
+    }
+    return;
+  }
+  for (let k0: usize = 0; k0 < IN; k0 += KB) {
+    const k1 = min<usize>(k0 + KB, IN);
+    let o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      for (let j: usize = 0; j < 4; j++) q8Row(w + (o + j) * IN, sc + (o + j) * srow, k0, k1, tmp + j * (KB << 2));
+      rows4<f32>(x, N, IN, OUT, y, o, tmp, tmp + (KB << 2), tmp + (KB << 3), tmp + 3 * (KB << 2), k0, k0, k1, k1);
+    }
+    for (; o < o1; o++) {
+      q8Row(w + o * IN, sc + o * srow, k0, k1, tmp);
+      for (let n: usize = 0; n < N; n++) {
+        const xa = x + n * xrow;
+        let a0 = f32x4.splat(0);
+        for (let k = k0; k < k1; k += 4) a0 = f32x4.add(a0, f32x4.mul(v128.load(tmp + ((k - k0) << 2)), v128.load(xa + (k << 2))));
+        const ya = y + n * yrow + (o << 2);
+        store<f32>(ya, load<f32>(ya) + hsum(a0));
+      }
+    }
+  }
+}
+
+/** tmp: this thread's 4 x 512 f32 (8 KB) buffer for widened weight tiles. dt 3: Q8_0 (see fwdQ8). */
 export function fwd(dt: i32, x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
   if (dt == 1) fwdT<u16>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
   else if (dt == 0) fwdT<f32>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
+  else if (dt == 3) fwdQ8(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
   else fwdT<i16>(x, N, w, IN, OUT, bias, y, o0, o1, tmp);
 }
 

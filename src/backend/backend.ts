@@ -116,6 +116,11 @@ export interface Backend {
    * tensor is only ever a `linear` weight, so a backend may move it into kernel memory and drop the host copy.
    */
   upload(t: HostTensor, hint?: 'linear' | 'other'): Tensor;
+  /**
+   * Optional: a linear-only weight [rows, cols] kept in GGUF's Q8_0 blocks (8 bits a weight plus a scale per 32)
+   * instead of widened; forward only. The tensor's dtype reads 'BF16' (its values are not stored in any DType).
+   */
+  uploadQ8?(blocks: Uint8Array, shape: [number, number]): Tensor;
   fromF32(data: Float32Array, shape: number[]): Tensor;
   read(t: Tensor): Promise<Float32Array>;
   /** Frees a tensor, or a KV cache (sessions end with this; otherwise memory waits for garbage collection). */

@@ -180,6 +180,15 @@ export function entryDtype(e: GgufEntry): DType {
   return e.type === GGML.F32 ? 'F32' : e.type === GGML.F16 ? 'F16' : 'BF16';
 }
 
+/** tensor `hf`'s raw Q8_0 bytes with its rows in HF order (llama's q/k un-permuted), for Backend.uploadQ8 */
+export function q8Rows(m: GgufModel, hf: string, b: Uint8Array): Uint8Array {
+  const e = m.tensors.get(hf)!;
+  const heads = permutedHeads(m.config, hf);
+  if (!heads) return b;
+  const rowBytes = b.length / e.shape[0];
+  return permuteRows(b, e.shape[0], rowBytes, heads, true, (n) => new Uint8Array(n));
+}
+
 /** tensor `hf`'s bytes (as read from the file at its entry) as a host tensor in HF layout */
 export function decodeTensor(m: GgufModel, hf: string, b: Uint8Array): HostTensor {
   const e = m.tensors.get(hf)!;

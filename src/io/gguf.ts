@@ -17,7 +17,7 @@ import { fromF32, toF32, type DType } from '../tensor/dtype.js';
 import { GGML, quantizeQ8_0 } from './gguf-quants.js';
 import { tokenizerToGguf } from './gguf-tokenizer.js';
 import { writeGguf, type GgufTensorOut, type GgufValue } from './gguf-write.js';
-import { decodeTensor, describeGguf, entryDtype, ggufName, permuteTensor, permutedHeads, type GgufParsed } from './gguf-model.js';
+import { decodeTensor, describeGguf, entryDtype, ggufName, permuteTensor, permutedHeads, q8Rows, type GgufParsed } from './gguf-model.js';
 import { readFully } from './safetensors.js';
 import type { WeightStore } from './safetensors-header.js';
 import type { ModelConfig } from '../model/config.js';
@@ -68,6 +68,13 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
       const b = new Uint8Array(e.bytes);
       readFully(fd, b, e.offset, label);
       return decodeTensor(m, n, b);
+    },
+    readQ8: (n) => {
+      const e = entry(n);
+      if (e.type !== GGML.Q8_0 || e.shape.length !== 2) return null;
+      const b = new Uint8Array(e.bytes);
+      readFully(fd, b, e.offset, label);
+      return q8Rows(m, n, b);
     },
     close: () => fs.closeSync(fd),
   };

@@ -18,6 +18,8 @@ export interface SafetensorsFile {
   readonly tensors: Map<string, TensorInfo>;
   readonly metadata: Record<string, string>;
   read(name: string): HostTensor;
+  /** GGUF: a 2-D tensor's raw Q8_0 blocks (rows in HF order), for a backend that keeps them (Backend.uploadQ8); null for other types */
+  readQ8?(name: string): Uint8Array | null;
   close(): void;
 }
 
@@ -29,6 +31,8 @@ export interface WeightStore {
   has(name: string): boolean;
   info(name: string): { dtype: DType; shape: number[]; file: string };
   read(name: string): HostTensor;
+  /** GGUF: a 2-D tensor's raw Q8_0 blocks (rows in HF order), for a backend that keeps them (Backend.uploadQ8); null for other types */
+  readQ8?(name: string): Uint8Array | null;
   close(): void;
 }
 

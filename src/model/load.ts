@@ -41,6 +41,8 @@ export interface LoadOptions {
   /** an already created backend (tests, benchmarks) */
   backend?: Backend;
   onProgress?: (done: number, total: number, what: string) => void;
+  /** GGUF Q8_0 linear weights kept at 8 bits where the backend can (default true; false: widened to BF16) */
+  keepQ8?: boolean;
 }
 
 export interface LoadedModel extends CausalLM {
@@ -124,10 +126,18 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu', { int8Prefill: opts.int8Prefill }));
   const names = files.weights.names();
   let done = 0;
+  // GGUF Q8_0 linears stay 8-bit on a backend that keeps them (exactly the file's values; a LoRA adapter, folded in
+  // f32, needs them widened)
+  const w = files.weights;
+  const keepQ8 = !transform && opts.keepQ8 !== false && w.readQ8 ? (name: string) => {
+    const blocks = w.readQ8!(name);
+    return blocks ? { blocks, shape: w.info(name).shape as [number, number] } : null;
+  } : undefined;
   const weights = uploadWeights(
     be, cfg,
-    (name) => (transform ? transform(name, files.weights.read(name)) : files.weights.read(name)),
+    (name) => (transform ? transform(name, w.read(name)) : w.read(name)),
     (name) => opts.onProgress?.(++done, names.length, name),
+    keepQ8,
   );
   files.weights.close();
   const model = new Qwen2Model(cfg, be, weights, massLog);

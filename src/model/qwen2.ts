@@ -80,10 +80,18 @@ export function assembleWeights(cfg: ModelConfig, t: (name: string) => Tensor): 
 }
 
 /** Reads tensors by HF name and uploads them, one at a time; `get` is called once per name. */
-export function uploadWeights(be: Backend, cfg: ModelConfig, get: (name: string) => HostTensor, onTensor?: (name: string) => void): ModelWeights {
+/**
+ * Uploads every weight the config needs. `getQ8` (GGUF files): a linear weight's raw Q8_0 blocks, which a backend
+ * with uploadQ8 keeps at 8 bits (null: take `get`'s widened tensor).
+ */
+export function uploadWeights(
+  be: Backend, cfg: ModelConfig, get: (name: string) => HostTensor, onTensor?: (name: string) => void,
+  getQ8?: (name: string) => { blocks: Uint8Array; shape: [number, number] } | null,
+): ModelWeights {
   const up = new Map<string, Tensor>();
   for (const { name, hint } of weightPlan(cfg)) {
-    up.set(name, be.upload(get(name), hint));
+    const q8 = hint === 'linear' && be.uploadQ8 && getQ8 ? getQ8(name) : null;
+    up.set(name, q8 ? be.uploadQ8!(q8.blocks, q8.shape) : be.upload(get(name), hint));
     onTensor?.(name);
   }
   return assembleWeights(cfg, (n) => up.get(n)!);

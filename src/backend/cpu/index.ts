@@ -96,6 +96,12 @@ export class CpuBackend implements Backend {
     return ct;
   }
 
+  uploadQ8(blocks: Uint8Array, shape: [number, number]): Tensor {
+    const ct = new CpuTensor([...shape], 'BF16', null);
+    ct.prepared = this.engine.prepareQ8(blocks, shape[0], shape[1]);
+    return ct;
+  }
+
   fromF32(data: Float32Array, shape: number[]): Tensor {
     if (data.length !== numel(shape)) throw new Error(`fromF32: ${data.length} values for shape [${shape}]`);
     return act(data, shape);

@@ -15,7 +15,8 @@ import { MATMUL_WASM_BASE64 } from './wasm-binary.js';
 import { ThreadPool, CTL, MAX_THREADS, tmpOf } from './matmul-worker.js';
 
 export interface PreparedWeight {
-  readonly dtype: 'F32' | 'F16' | 'BF16';
+  /** Q8_0: GGUF's 8-bit blocks (forward only), see prepareQ8 */
+  readonly dtype: 'F32' | 'F16' | 'BF16' | 'Q8_0';
   readonly rows: number; // OUT
   readonly cols: number; // IN
 }
@@ -23,6 +24,13 @@ export interface PreparedWeight {
 export interface MatmulEngine {
   /** Copies a weight [OUT, IN] (F32/F16/BF16; F64 is stored as F32) into kernel memory once, in its stored width. */
   prepare(w: HostTensor): PreparedWeight;
+  /**
+   * A weight [rows, cols] in GGUF's Q8_0 blocks (per 32 values an f16 scale and 32 int8; cols a multiple of 32),
+   * kept at 8 bits: the WASM engine repacks it into int8 quants + f32 scales (1.125 bytes a weight) for a forward
+   * kernel that widens in registers; the JS engine widens it to f32 once. Forward only (linear): the backward
+   * passes refuse it.
+   */
+  prepareQ8(blocks: Uint8Array, rows: number, cols: number): PreparedWeight;
   /** Frees the weight's memory for later prepare() calls (arenas never shrink). */
   release(w: PreparedWeight): void;
   /** y[N, OUT] = x[N, IN] · Wᵀ (+ bias[OUT]); `out` (length >= N*OUT) is overwritten. */
@@ -53,7 +61,25 @@ type WorkerThreads = typeof import('node:worker_threads');
 const workerThreads = nodeBuiltin<WorkerThreads>('node:worker_threads');
 const nodeOs = nodeBuiltin<typeof import('node:os')>('node:os');
 
-const DT_CODE = { F32: 0, BF16: 1, F16: 2 } as const;
+const DT_CODE = { F32: 0, BF16: 1, F16: 2, Q8_0: 3 } as const;
+
+function checkQ8(blocks: Uint8Array, rows: number, cols: number): void {
+  if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 1 || cols < 1) fail(`matmul.prepareQ8: bad shape [${rows}, ${cols}]`);
+  if (cols % 32 !== 0) fail(`matmul.prepareQ8: rows of ${cols} values are not whole Q8_0 blocks of 32`);
+  if (blocks.length !== (rows * cols / 32) * 34) fail(`matmul.prepareQ8: ${blocks.length} bytes for [${rows}, ${cols}] Q8_0 (${(rows * cols / 32) * 34} expected)`);
+}
+
+/** the f32 values of Q8_0 blocks (scale as f16, then 32 int8), as gguf-quants.ts dequantizes them */
+function q8ToF32(blocks: Uint8Array, n: number): Float32Array {
+  const out = new Float32Array(n);
+  const f16 = f16Table();
+  for (let b = 0; b < n / 32; b++) {
+    const o = b * 34;
+    const d = f16[blocks[o] | (blocks[o + 1] << 8)];
+    for (let j = 0; j < 32; j++) out[b * 32 + j] = ((blocks[o + 2 + j] << 24) >> 24) * d;
+  }
+  return out;
+}
 
 function checkWeight(w: HostTensor): { dtype: 'F32' | 'F16' | 'BF16'; rows: number; cols: number } {
   if (w.shape.length !== 2) fail(`matmul: weight must be 2-D [OUT, IN], got shape [${w.shape.join(', ')}]`);
@@ -171,7 +197,7 @@ class Arena {
 class WasmWeight implements PreparedWeight {
   released = false;
   constructor(
-    readonly dtype: 'F32' | 'F16' | 'BF16',
+    readonly dtype: 'F32' | 'F16' | 'BF16' | 'Q8_0',
     readonly rows: number,
     readonly cols: number,
     readonly owner: WasmEngine,
@@ -207,8 +233,32 @@ class WasmEngine implements MatmulEngine, KernelHost {
   prepare(w: HostTensor): PreparedWeight {
     const { dtype, rows, cols } = checkWeight(w);
     const esz = dtype === 'F32' ? 4 : 2;
-    const bytes = rows * cols * esz;
-    if (bytes > ARENA_MAX - HEAP_BASE) fail(`matmul: weight [${rows}, ${cols}] ${w.dtype} is larger than one ${ARENA_MAX >> 30} GiB arena`);
+    const { arena, off } = this.place(rows * cols * esz, `[${rows}, ${cols}] ${w.dtype}`);
+    if (esz === 4) arena.f32.set(w.data as Float32Array | Float64Array, off / 4);
+    else arena.u16.set(w.data as Uint16Array, off / 2);
+    return new WasmWeight(dtype, rows, cols, this, arena, off);
+  }
+
+  prepareQ8(blocks: Uint8Array, rows: number, cols: number): PreparedWeight {
+    checkQ8(blocks, rows, cols);
+    // int8 quants [rows, cols], then f32 scales [rows, cols / 32] from the next 16-byte boundary (wasm/matmul.ts)
+    const n = rows * cols;
+    const scalesAt = Math.ceil(n / 16) * 16;
+    const { arena, off } = this.place(scalesAt + (n / 32) * 4, `[${rows}, ${cols}] Q8_0`);
+    const mem = new Uint8Array(arena.memory.buffer);
+    const f16 = f16Table();
+    const s0 = (off + scalesAt) / 4;
+    for (let b = 0; b < n / 32; b++) {
+      const o = b * 34;
+      arena.f32[s0 + b] = f16[blocks[o] | (blocks[o + 1] << 8)];
+      mem.set(blocks.subarray(o + 2, o + 34), off + b * 32);
+    }
+    return new WasmWeight('Q8_0', rows, cols, this, arena, off);
+  }
+
+  /** `bytes` in the first arena with room, or a new one */
+  private place(bytes: number, what: string): { arena: Arena; off: number } {
+    if (bytes > ARENA_MAX - HEAP_BASE) fail(`matmul: weight ${what} is larger than one ${ARENA_MAX >> 30} GiB arena`);
     let arena: Arena | null = null;
     let off = -1;
     for (const a of this.arenas) {
@@ -224,10 +274,7 @@ class WasmEngine implements MatmulEngine, KernelHost {
       this.pool?.addArena(arena.id, arena.memory);
       off = arena.alloc(bytes);
     }
-    const n = rows * cols;
-    if (esz === 4) arena.f32.set(w.data as Float32Array | Float64Array, off / 4);
-    else arena.u16.set(w.data as Uint16Array, off / 2);
-    return new WasmWeight(dtype, rows, cols, this, arena, off);
+    return { arena, off };
   }
 
   release(w: PreparedWeight): void {
@@ -267,6 +314,7 @@ class WasmEngine implements MatmulEngine, KernelHost {
 
   linearBackwardInput(dy: Float32Array, N: number, w: PreparedWeight, out?: Float32Array): Float32Array {
     const ww = this.own(w, 'linearBackwardInput');
+    if (ww.dtype === 'Q8_0') fail('matmul.linearBackwardInput: Q8_0 weights are for inference (load the model without keeping Q8_0 to train it)');
     const { rows: OUT, cols: IN, arena } = ww;
     checkCall(dy, N, OUT, out, IN, 'linearBackwardInput');
     const dx = out ?? new Float32Array(N * IN);
@@ -455,6 +503,11 @@ class JsEngine implements MatmulEngine {
     const { dtype, rows, cols } = checkWeight(w);
     const data = dtype === 'F32' ? Float32Array.from(w.data as Float32Array | Float64Array) : (w.data as Uint16Array).slice();
     return new JsWeight(dtype, rows, cols, this, data);
+  }
+
+  prepareQ8(blocks: Uint8Array, rows: number, cols: number): PreparedWeight {
+    checkQ8(blocks, rows, cols);
+    return new JsWeight('F32', rows, cols, this, q8ToF32(blocks, rows * cols));
   }
 
   release(w: PreparedWeight): void {
