@@ -164,15 +164,14 @@ test('q8_0 export: llama.cpp\'s block rounding, logits within the quantization e
   writeRandomCheckpoint(ldir, { ...base.config, hiddenSize: 64, numHeads: 4, numKVHeads: 2, headDim: 16, intermediateSize: 96 }, { seed: 3, dtype: 'F32' });
   const lfile = join(tmp, 'llama-q8.gguf');
   exportFolder(ldir, lfile, 'q8_0');
-  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
   const a = await loadModel(lfile);
-  const b = await loadModel(lfile, { backend: createCpuBackend({ matmul: 'js' }) });
+  const b = await loadModel(lfile, { keepQ8: false }); // widened to bf16 through the un-permuting reader
   try {
     assert.equal((a.weights.layers[0].k as unknown as { prepared: { dtype: string } }).prepared.dtype, 'Q8_0');
     const lids = [[5, 9, 2, 77, 31, 4, 18, 200]];
     const la = await a.forward(a.newSession(lids.length, lids[0].length), lids, { logits: 'all' });
     const lb = await b.forward(b.newSession(lids.length, lids[0].length), lids, { logits: 'all' });
-    assert.ok(relErr(la, lb) <= 1e-5, `llama kept Q8_0 vs widened: ${relErr(la, lb).toExponential(2)}`);
+    assert.ok(relErr(la, lb) <= 1e-2, `llama kept Q8_0 vs widened to bf16: ${relErr(la, lb).toExponential(2)}`);
   } finally {
     a.dispose();
     b.dispose();
