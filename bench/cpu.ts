@@ -23,6 +23,8 @@ const { values } = parseArgs({
     'decode-prompt': { type: 'string', default: '512' },
     decode: { type: 'string', default: '32' },
     threads: { type: 'string' },
+    /** bf16: the checkpoint folder; q8_0: the checkpoint exported to a Q8_0 GGUF, its linears kept at 8 bits */
+    weights: { type: 'string', default: 'bf16' },
   },
 });
 
@@ -35,8 +37,24 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
   writeRandomCheckpoint(dir, cfg, { seed: 1, dtype: 'BF16' });
 }
 const be = createCpuBackend({ threads: values.threads ? Number(values.threads) : undefined });
+const wtype = values.weights === 'q8_0' ? 'q8_0' : 'bf16';
+/** the checkpoint as a GGUF file of `type` (written once) */
+async function ggufOf(type: 'bf16' | 'q8_0'): Promise<string> {
+  const file = path.join(dir, `model-${type}.gguf`);
+  if (!fs.existsSync(file)) {
+    const { exportGguf } = await import('../src/io/gguf.js');
+    const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
+    const { loadMasses } = await import('../src/io/masses.js');
+    const f = loadCheckpointFiles(dir);
+    const c = f.config;
+    const masses = f.massesPath ? loadMasses(f.massesPath, c.numLayers, c.numHeads, { numKVHeads: c.numKVHeads }) : null;
+    exportGguf({ config: c, weights: f.weights, masses, defaults: {}, eosTokenIds: [], tokenizerJson: null, tokenizerConfig: null, name: preset }, file, type);
+    f.weights.close();
+  }
+  return file;
+}
 const t0 = performance.now();
-const model = await loadModel(dir, { backend: be });
+const model = await loadModel(wtype === 'q8_0' ? await ggufOf('q8_0') : dir, { backend: be });
 console.error(`loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; matmul ${be.engine.kind} x${be.engine.threads} threads`);
 
 function ids(n: number, seed: number): number[] {
@@ -95,7 +113,7 @@ rows.push([`decode after ${dp} tok/s`, g, d]);
 
 const cpp = await llamaCpp(rows.length);
 
-console.log(`\n${preset} bf16, cpu (${be.engine.kind} matmul, ${be.engine.threads} threads), ${os.cpus()[0]?.model ?? ''}`);
+console.log(`\n${preset} ${wtype} (ours and llama.cpp's), cpu (${be.engine.kind} matmul, ${be.engine.threads} threads), ${os.cpus()[0]?.model ?? ''}`);
 console.log(`| measure | gravity | dot | gravity / dot |${cpp ? ' llama.cpp (dot) | gravity / llama.cpp |' : ''}`);
 console.log(`|---|---|---|---|${cpp ? '---|---|' : ''}`);
 rows.forEach(([name, gv, dv], i) => console.log(`| ${name} | ${gv.toFixed(2)} | ${dv.toFixed(2)} | ${(gv / dv).toFixed(3)} |${cpp ? ` ${cpp[i].toFixed(2)} | ${(gv / cpp[i]).toFixed(3)} |` : ''}`));
@@ -109,14 +127,7 @@ async function llamaCpp(n: number): Promise<number[] | null> {
     console.error('node-llama-cpp is not installed: no llama.cpp column');
     return null;
   }
-  const { exportGguf } = await import('../src/io/gguf.js');
-  const { loadCheckpointFiles } = await import('../src/io/checkpoint.js');
-  const file = path.join(dir, 'model-bf16.gguf');
-  if (!fs.existsSync(file)) {
-    const f = loadCheckpointFiles(dir);
-    exportGguf({ config: f.config, weights: f.weights, masses: null, defaults: {}, eosTokenIds: [], tokenizerJson: null, tokenizerConfig: null, name: preset }, file, 'bf16');
-    f.weights.close();
-  }
+  const file = await ggufOf(wtype);
   const llama = await mod.getLlama({ gpu: false, logLevel: 'error' });
   const m = await llama.loadModel({ modelPath: file });
   const ctx = await m.createContext({ contextSize: 2048, threads: be.engine.threads, batchSize: 1024 });

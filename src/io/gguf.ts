@@ -1,7 +1,8 @@
 /**
  * GGUF models (llama.cpp's format) in and out, on Node. Reading: the metadata and tensor table through
  * @huggingface/gguf, described by gguf-model.ts (qwen2 / llama; F32 / F16 / BF16 kept, Q4_0, Q4_1, Q5_0, Q8_0,
- * Q4_K, Q5_K, Q6_K dequantized to BF16; llama's q/k rows un-permuted, as llama.cpp's converter interleaves them for
+ * Q4_K, Q5_K, Q6_K dequantized to BF16, Q8_0 linears also offered raw (readQ8) to a backend that keeps them;
+ * llama's q/k rows un-permuted, as llama.cpp's converter interleaves them for
  * its RoPE), tensor data by positioned reads. Gravity files carry the masses in the metadata key gravity.mass_log
  * (f32 [layers x heads], layer-major: llama.cpp refuses tensors it does not expect, keys it ignores) with
  * gravity.attention / gravity.eps; files without them (llama.cpp's own) load like any folder without masses
