@@ -305,10 +305,21 @@ function bwdT<W>(dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize
   }
 }
 
+/** acc + the products of 16 int8 weights (q) with 16 f32 (x0..x3), widened in registers */
+@inline function q8dot16(acc: v128, q: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const lo = i16x8.extend_low_i8x16_s(q);
+  const hi = i16x8.extend_high_i8x16_s(q);
+  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), x0));
+  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), x1));
+  acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), x2));
+  return f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), x3));
+}
+
 /**
- * y = bias + x · wᵀ for Q8_0 weights, rows [o0, o1). Decode (N < 4): each row's blocks widened in registers and
- * dotted with x, whole rows streamed (half the bytes of bf16). GEMM: 4-row tiles of KB columns widened into tmp
- * once and multiplied by all N rows with rows4<f32>, as the 16-bit path does. Both take q * scale in f32 first.
+ * y = bias + x · wᵀ for Q8_0 weights, rows [o0, o1). Decode (N < 4): 4 rows at a time, each block's int8
+ * widened in registers and dotted with x, the block's sum times its scale; whole rows streamed (half the bytes of
+ * bf16). GEMM: 4-row tiles of KB columns widened (q * scale) into tmp once and multiplied by all N rows with
+ * rows4<f32>, as the 16-bit path does.
  */
 function fwdQ8(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
   const xrow = IN << 2;
@@ -320,27 +331,50 @@ function fwdQ8(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize,
     for (let o = o0; o < o1; o++) store<f32>(yp + (o << 2), bias != 0 ? load<f32>(bias + (o << 2)) : 0);
   }
   if (N < 4) {
-    for (let o = o0; o < o1; o++) {
+    // 4 rows share each x vector; a block's 32 products are summed before its scale multiplies them once
+    let o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const w0 = w + o * IN, w1 = w0 + IN, w2 = w1 + IN, w3 = w2 + IN;
+      const s0 = sc + o * srow, s1 = s0 + srow, s2 = s1 + srow, s3 = s2 + srow;
+      for (let n: usize = 0; n < N; n++) {
+        const xa = x + n * xrow;
+        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+        for (let k: usize = 0; k < IN; k += 32) {
+          let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+          for (let h: usize = 0; h < 32; h += 16) {
+            const xp = xa + ((k + h) << 2);
+            const xv0 = v128.load(xp), xv1 = v128.load(xp, 16), xv2 = v128.load(xp, 32), xv3 = v128.load(xp, 48);
+            b0 = q8dot16(b0, v128.load(w0 + k + h), xv0, xv1, xv2, xv3);
+            b1 = q8dot16(b1, v128.load(w1 + k + h), xv0, xv1, xv2, xv3);
+            b2 = q8dot16(b2, v128.load(w2 + k + h), xv0, xv1, xv2, xv3);
+            b3 = q8dot16(b3, v128.load(w3 + k + h), xv0, xv1, xv2, xv3);
+          }
+          const kb = (k >> 5) << 2;
+          a0 = f32x4.add(a0, f32x4.mul(b0, v128.load_splat<f32>(s0 + kb)));
+          a1 = f32x4.add(a1, f32x4.mul(b1, v128.load_splat<f32>(s1 + kb)));
+          a2 = f32x4.add(a2, f32x4.mul(b2, v128.load_splat<f32>(s2 + kb)));
+          a3 = f32x4.add(a3, f32x4.mul(b3, v128.load_splat<f32>(s3 + kb)));
+        }
+        const ya = y + n * yrow + (o << 2);
+        v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
+      }
+    }
+    for (; o < o1; o++) {
       const wr = w + o * IN;
       const sr = sc + o * srow;
       for (let n: usize = 0; n < N; n++) {
         const xa = x + n * xrow;
-        let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+        let a0 = f32x4.splat(0);
         for (let k: usize = 0; k < IN; k += 32) {
-          const s = v128.load_splat<f32>(sr + ((k >> 5) << 2));
+          let b = f32x4.splat(0);
           for (let h: usize = 0; h < 32; h += 16) {
-            const q = v128.load(wr + k + h);
-            const lo = i16x8.extend_low_i8x16_s(q);
-            const hi = i16x8.extend_high_i8x16_s(q);
             const xp = xa + ((k + h) << 2);
-            a0 = f32x4.add(a0, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), s), v128.load(xp)));
-            a1 = f32x4.add(a1, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), s), v128.load(xp, 16)));
-            a0 = f32x4.add(a0, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), s), v128.load(xp, 32)));
-            a1 = f32x4.add(a1, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), s), v128.load(xp, 48)));
+            b = q8dot16(b, v128.load(wr + k + h), v128.load(xp), v128.load(xp, 16), v128.load(xp, 32), v128.load(xp, 48));
           }
+          a0 = f32x4.add(a0, f32x4.mul(b, v128.load_splat<f32>(sr + ((k >> 5) << 2))));
         }
         const ya = y + n * yrow + (o << 2);
-        store<f32>(ya, load<f32>(ya) + hsum(f32x4.add(a0, a1)));
+        store<f32>(ya, load<f32>(ya) + hsum(a0));
       }
     }
     return;
