@@ -20,7 +20,8 @@ import type { CausalLM } from '../model/types.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { ModelConfig } from '../model/config.js';
 import { gguf } from '@huggingface/gguf';
-import { decodeTensor, describeGguf, ggufName, type GgufParsed } from '../io/gguf-model.js';
+import { decodeTensor, describeGguf, ggufName, q8Rows, type GgufParsed } from '../io/gguf-model.js';
+import { GGML } from '../io/gguf-quants.js';
 
 /**
  * A model's files by name: the bytes, or null when the model has no such file (an error for any other failure).
@@ -207,12 +208,15 @@ export async function loadModelFrom(get: FileGetter, opts: WebLoadOptions = {}):
 async function assemble(
   cfg: ModelConfig, read: (name: string) => Promise<HostTensor>, massLog: Float32Array[], attention: AttentionKind, eps: number,
   extra: { tokenizer: TextTokenizer | null; eosTokenIds: number[]; generation: GenerationDefaults | null }, opts: WebLoadOptions,
+  readQ8?: (name: string) => Promise<{ blocks: Uint8Array; shape: [number, number] } | null>,
 ): Promise<WebModel> {
   const be = opts.backend ?? (await createBackend(opts.device ?? 'auto'));
   const plan = weightPlan(cfg);
   const up = new Map<string, Tensor>();
   for (const { name, hint } of plan) {
-    up.set(name, be.upload(await read(name), hint));
+    // GGUF Q8_0 linears stay 8-bit where the backend keeps them (the CPU), as the Node loader does
+    const q8 = hint === 'linear' && be.uploadQ8 && readQ8 ? await readQ8(name) : null;
+    up.set(name, q8 ? be.uploadQ8!(q8.blocks, q8.shape) : be.upload(await read(name), hint));
     opts.onProgress?.(up.size, plan.length, name);
   }
   const model = new Qwen2Model(cfg, be, assembleWeights(cfg, (n) => up.get(n)!), massLog);
@@ -252,6 +256,11 @@ export async function loadGgufFrom(url: string, opts: WebLoadOptions & { fetch?:
     const e = m.tensors.get(n)!;
     return decodeTensor(m, n, await file.read(e.offset, e.offset + e.bytes));
   };
+  const readQ8 = async (n: string) => {
+    const e = m.tensors.get(n)!;
+    if (e.type !== GGML.Q8_0 || e.shape.length !== 2) return null;
+    return { blocks: q8Rows(m, n, await file.read(e.offset, e.offset + e.bytes)), shape: e.shape as [number, number] };
+  };
   const extra = { tokenizer, eosTokenIds: m.eosTokenIds, generation: { eosTokenIds: m.eosTokenIds } };
-  return assemble(cfg, read, massLog, attention, opts.eps ?? m.defaults.eps ?? DEFAULT_EPS, extra, opts);
+  return assemble(cfg, read, massLog, attention, opts.eps ?? m.defaults.eps ?? DEFAULT_EPS, extra, opts, readQ8);
 }
