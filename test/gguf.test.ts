@@ -337,6 +337,10 @@ test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gg
   assert.equal(ex.code, 0, ex.err);
   const bad = gravity(['export', '--model', join(FIXTURES, 'qwen2-gqa-f32'), '--out', join(tmp, 'x.bin')]);
   assert.match(bad.err, /--out 'x?.*x\.bin': the file name must end in \.gguf/);
+  const text = gravity(['inspect', '--model', file]);
+  assert.equal(text.code, 0, text.err);
+  assert.match(text.out, /masses {6}M = softplus\(mass_log\), from the file \(gravity\.mass_log\)/);
+  assert.match(text.out, /model\.layers\.N\.self_attn\.q_proj\.weight +BF16 \[/);
   const ins = gravity(['inspect', '--model', file, '--json']);
   assert.equal(ins.code, 0, ins.err);
   const info = JSON.parse(ins.out);

@@ -51,12 +51,14 @@ export async function run(argv: string[]): Promise<number> {
     let params = 0;
     const byDtype: Record<string, number> = {};
     for (const name of w.names()) {
-      const { dtype, shape } = w.info(name);
-      tensors[name] = { dtype, shape };
+      const { dtype, shape, stored } = w.info(name);
+      // GGUF block formats by their own name (they read as `dtype`)
+      const as = (stored ?? dtype) as DType;
+      tensors[name] = { dtype: as, shape };
       if (name.startsWith('gravity_mass_log') || name.includes('.gravity_mass_log')) continue; // shown below
       const n = numel(shape);
       params += n;
-      byDtype[dtype] = (byDtype[dtype] ?? 0) + n;
+      byDtype[as] = (byDtype[as] ?? 0) + n;
     }
     const fileList = files.gguf
       ? [{ name: basename(dir), bytes: statSync(dir).size }]
@@ -120,7 +122,7 @@ export async function run(argv: string[]): Promise<number> {
     if (massError) L.push(`masses      unreadable: ${massError}`);
     else if (!masses) L.push('masses      none (gravity needs --masses or --mass-init; --attn dot works)');
     else {
-      L.push(`masses      M = softplus(mass_log), from ${relative(dir, files.massesPath!) || basename(files.massesPath!)}`);
+      L.push(`masses      M = softplus(mass_log), from ${files.massesPath ? relative(dir, files.massesPath) || basename(files.massesPath) : 'the file (gravity.mass_log)'}`);
       const heads = Array.from({ length: cfg.numHeads }, (_, h) => `h${h}`.padStart(6));
       L.push(`  layer ${heads.join(' ')}     mean`);
       masses.forEach((row, l) => {

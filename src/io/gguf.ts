@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { gguf } from '@huggingface/gguf';
 import { fail } from '../errors.js';
 import { fromF32, toF32, type DType } from '../tensor/dtype.js';
-import { GGML, quantizeQ8_0 } from './gguf-quants.js';
+import { BLOCK, GGML, quantizeQ8_0 } from './gguf-quants.js';
 import { tokenizerToGguf } from './gguf-tokenizer.js';
 import { writeGguf, type GgufTensorOut, type GgufValue } from './gguf-write.js';
 import { decodeTensor, describeGguf, entryDtype, ggufName, permuteTensor, permutedHeads, q8Rows, type GgufParsed } from './gguf-model.js';
@@ -62,7 +62,8 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
     has: (n) => m.tensors.has(n),
     info: (n) => {
       const e = entry(n);
-      return { dtype: entryDtype(e), shape: e.shape, file };
+      const blk = BLOCK[e.type];
+      return { dtype: entryDtype(e), shape: e.shape, file, ...(blk.n > 1 ? { stored: blk.name } : {}) };
     },
     read: (n) => {
       const e = entry(n);

@@ -29,7 +29,8 @@ export interface WeightStore {
   readonly label: string;
   names(): string[];
   has(name: string): boolean;
-  info(name: string): { dtype: DType; shape: number[]; file: string };
+  /** `stored`: the file's own type where it is not a DType (GGUF blocks: 'Q4_K', ...), the tensor reads as `dtype` */
+  info(name: string): { dtype: DType; shape: number[]; file: string; stored?: string };
   read(name: string): HostTensor;
   /** GGUF: a 2-D tensor's raw Q8_0 blocks (rows in HF order), for a backend that keeps them (Backend.uploadQ8); null for other types */
   readQ8?(name: string): Uint8Array | null;
