@@ -31,7 +31,7 @@ export async function run(argv: string[]): Promise<number> {
   const model = await loadFromArgs(v);
   const tokenizer = tokenizerOf(model);
   const served: Served = {
-    id: str(v, 'name') ?? basename(model.dir),
+    id: str(v, 'name') ?? basename(model.dir).replace(/\.gguf$/i, ''),
     model,
     tokenizer,
     chatEosIds: tokenizer ? chatEosIds(model, tokenizer) : model.eosTokenIds,
