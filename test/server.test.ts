@@ -112,6 +112,53 @@ test('chat: the answer of generate() with the chat template, whole and streamed;
   assert.ok(logLines.some((l) => /^POST \/v1\/chat\/completions 200 \d+ ms$/.test(l)), logLines.join('\n'));
 });
 
+test('log-probabilities: generated and echoed prompt tokens equal log-softmax of a teacher-forced forward pass; chat shape; streamed per token', async () => {
+  const g = loadExpected('qwen2-gqa-f32').meta.gravity_greedy;
+  const r = await post(fx, '/v1/completions', { prompt: g.prompt, max_tokens: 6, temperature: 0, logprobs: 3, echo: true });
+  assert.equal(r.status, 200, r.text);
+  const lp = r.json.choices[0].logprobs;
+  const all = [...g.prompt, ...g.tokens.slice(0, 6)];
+  assert.deepEqual(lp.tokens, all.map(String)); // no tokenizer: token ids as text
+  assert.equal(lp.token_logprobs[0], null);
+  // the reference: one forward pass over prompt + answer, log-softmax in float64
+  const V = fixture.config.vocabSize;
+  const logits = await fixture.forward(fixture.newSession(1, all.length), [all], { logits: 'all' });
+  for (let t = 1; t < all.length; t++) {
+    const row = logits.subarray((t - 1) * V, t * V);
+    let mx = -Infinity;
+    for (const v of row) mx = Math.max(mx, v);
+    let sum = 0;
+    for (const v of row) sum += Math.exp(v - mx);
+    const want = row[all[t]] - mx - Math.log(sum);
+    assert.ok(Math.abs(lp.token_logprobs[t] - want) < 1e-4, `token ${t}: ${lp.token_logprobs[t]} vs ${want}`);
+    // (a JSON object: numeric keys come back in numeric order, so sort by value)
+    const top = (Object.entries(lp.top_logprobs[t]) as [string, number][]).sort((a, b) => b[1] - a[1]);
+    assert.equal(top.length, 3);
+    assert.ok(top[0][1] >= lp.token_logprobs[t] - 1e-12, 'the best alternative is at least as likely as the token');
+    if (t >= g.prompt.length) assert.equal(top[0][0], String(all[t]), `greedy token ${t} is the most likely`);
+  }
+  // scoring a prompt alone: echo with max_tokens 0
+  const score = await post(fx, '/v1/completions', { prompt: g.prompt, max_tokens: 0, echo: true, logprobs: 0 });
+  assert.equal(score.status, 200, score.text);
+  assert.deepEqual(score.json.choices[0].logprobs.token_logprobs.slice(1), lp.token_logprobs.slice(1, g.prompt.length));
+  // chat: the content's tokens with their log-probabilities and alternatives, bytes included
+  const chat = await post(mn, '/v1/chat/completions', { messages: [{ role: 'user', content: 'What is 4 + 5?' }], temperature: 0, max_tokens: 8, logprobs: true, top_logprobs: 2 });
+  assert.equal(chat.status, 200, chat.text);
+  const content = chat.json.choices[0].logprobs.content;
+  assert.equal(content.length, chat.json.usage.completion_tokens);
+  for (const c of content) {
+    assert.equal(c.top_logprobs.length, 2);
+    assert.equal(c.top_logprobs[0].token, c.token); // greedy
+    assert.ok(c.logprob <= 0 && Math.abs(c.top_logprobs[0].logprob - c.logprob) < 1e-12);
+    assert.deepEqual(c.bytes, Array.from(new TextEncoder().encode(c.token)));
+  }
+  // streamed: each token's chunk carries its log-probability
+  const st = await post(fx, '/v1/completions', { prompt: g.prompt, max_tokens: 6, temperature: 0, logprobs: 1, stream: true });
+  const got = events(st.text).flatMap((e) => e.choices[0]?.logprobs?.token_logprobs ?? []);
+  assert.equal(got.length, 6);
+  for (let i = 0; i < 6; i++) assert.ok(Math.abs(got[i] - lp.token_logprobs[g.prompt.length + i]) < 1e-9);
+});
+
 test('bad requests: OpenAI errors naming the field, 4xx statuses, and the server keeps serving', async () => {
   const cases: [string, ApiServer, unknown, number, RegExp, string | null][] = [
     ['/v1/completions', fx, '{not json', 400, /not valid JSON/, null],
@@ -125,7 +172,9 @@ test('bad requests: OpenAI errors naming the field, 4xx statuses, and the server
     ['/v1/completions', fx, { prompt: [1, 2], max_tokens: 0 }, 400, /at least 1/, 'max_tokens'],
     ['/v1/completions', fx, { prompt: [1, 2], max_tokens: 'many' }, 400, /must be a number/, 'max_tokens'],
     ['/v1/completions', fx, { prompt: [1, 2], n: 3 }, 400, /'n' must be 1/, 'n'],
-    ['/v1/completions', fx, { prompt: [1, 2], logprobs: 5 }, 400, /not supported/, 'logprobs'],
+    ['/v1/completions', fx, { prompt: [1, 2], logprobs: 21 }, 400, /log-probabilities for 0 to 20 alternatives, got 21/, 'logprobs'],
+    ['/v1/completions', fx, { prompt: [1, 2], suffix: 'x' }, 400, /'suffix' is not supported/, 'suffix'],
+    ['/v1/chat/completions', mn, { messages: [{ role: 'user', content: 'hi' }], top_logprobs: 2 }, 400, /'top_logprobs' needs 'logprobs': true/, 'top_logprobs'],
     ['/v1/completions', fx, { prompt: [1, 2], presence_penalty: 0.5 }, 400, /repetition_penalty/, 'presence_penalty'],
     ['/v1/completions', fx, { prompt: [1, 2], stream: 'yes' }, 400, /true or false/, 'stream'],
     ['/v1/completions', fx, { prompt: [1, 1e9] }, 400, /out of the vocabulary/, null],

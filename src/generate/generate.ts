@@ -32,6 +32,8 @@ export interface GenerateOptions extends SamplingOptions {
    * device (the model's greedyStream / sampleStream)
    */
   noDeviceGreedy?: boolean;
+  /** each step's logits [vocab] before the draw (read to the host every step, so no device-side decoding) */
+  onLogits?: (logits: Float32Array) => void;
   /** called for every generated token (the callback form of generateStream) */
   onToken?: (t: GeneratedToken) => void;
 }
@@ -139,7 +141,7 @@ export async function* generateStream(
     // keep decoding on the device a few tokens ahead (no logits readback); sampling draws the same uniforms from the
     // sampler's generator, in order
     const o = sampler.options;
-    const plain = !opts.noDeviceGreedy;
+    const plain = !opts.noDeviceGreedy && !opts.onLogits;
     // the repetition penalty goes with the stream: each row's ids so far (the model keeps a mask of them on the device)
     const penalty = () => (o.repetitionPenalty === 1 ? undefined : { value: o.repetitionPenalty, history: [history.slice()] });
     const onDevice = plain && o.temperature === 0 && !!model.greedyStream;
@@ -155,7 +157,10 @@ export async function* generateStream(
 
     for (;;) {
       let id: number;
-      if (row) id = sampler.sample(row, history);
+      if (row) {
+        opts.onLogits?.(row);
+        id = sampler.sample(row, history);
+      }
       else {
         const r = await greedy!.next();
         if (r.done) fail('greedy decoding ended early');

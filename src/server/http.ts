@@ -6,7 +6,8 @@
  */
 import * as http from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { generateStream, type GenerateResult } from '../generate/generate.js';
+import { generateStream, type GeneratedToken, type GenerateResult } from '../generate/generate.js';
+import { chatLogprobs, completionLogprobs, pickLogprob, promptLogprobs, tokenText, type TokenLogprob } from './logprobs.js';
 import { ApiError, asApiError, chunkBody, parseRequest, responseBody, usageChunk, type ApiRequest, type Endpoint, type Served } from './openai.js';
 
 /** largest request body accepted (a long prompt in JSON is well under this) */
@@ -92,9 +93,32 @@ export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Se
     });
   }
 
+  /** the generation's steps with each token's log-probability where the request asks for them */
+  function steps(r: ApiRequest): { it: AsyncGenerator<GeneratedToken, GenerateResult, void>; lp: (id: number) => TokenLogprob | null } {
+    if (r.logprobs === null) return { it: generateStream(s.model, r.promptIds, r.opts), lp: () => null };
+    let last: Float32Array | null = null;
+    const it = generateStream(s.model, r.promptIds, { ...r.opts, onLogits: (row) => (last = row.slice()) });
+    return { it, lp: (id) => pickLogprob(last!, id, r.logprobs!) };
+  }
+
+  /** echo: the prompt's text, and its tokens' log-probabilities where asked */
+  async function echoed(r: ApiRequest): Promise<{ text: string; items: (TokenLogprob | null)[] }> {
+    if (!r.echo) return { text: '', items: [] };
+    const text = r.promptText ?? (s.tokenizer ? s.tokenizer.decode(r.promptIds, { skipSpecialTokens: false }) : '');
+    return { text, items: r.logprobs === null ? [] : await promptLogprobs(s.model, r.promptIds, r.logprobs) };
+  }
+
+  function logprobsOf(r: ApiRequest, items: (TokenLogprob | null)[], ids: number[], offset0 = 0): object | null {
+    if (r.logprobs === null) return null;
+    const text = tokenText(s.tokenizer);
+    return r.endpoint === 'chat' ? chatLogprobs(items as TokenLogprob[], text) : completionLogprobs(items, ids, text, offset0);
+  }
+
   async function jsonOut(r: ApiRequest, res: http.ServerResponse, gone: () => boolean): Promise<void> {
-    const it = generateStream(s.model, r.promptIds, r.opts);
+    const echo = await echoed(r);
+    const { it, lp } = steps(r);
     let result: GenerateResult | null = null;
+    const items: (TokenLogprob | null)[] = [];
     try {
       for (;;) {
         const step = await it.next();
@@ -102,21 +126,25 @@ export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Se
           result = step.value;
           break;
         }
+        items.push(lp(step.value.id));
         if (gone()) return;
       }
     } finally {
       if (!result) await it.return(undefined as never);
     }
     const id = `${r.endpoint === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
-    sendJson(res, 200, responseBody(r, s, id, Math.floor(Date.now() / 1000), result.text ?? '', result.outputIds, result.finishReason));
+    const logprobs = logprobsOf(r, [...echo.items, ...items], [...(r.echo ? r.promptIds : []), ...result.outputIds]);
+    sendJson(res, 200, responseBody(r, s, id, Math.floor(Date.now() / 1000), echo.text + (result.text ?? ''), result.outputIds, result.finishReason, logprobs));
   }
 
   async function streamOut(r: ApiRequest, res: http.ServerResponse, gone: () => boolean): Promise<void> {
     const id = `${r.endpoint === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
     const send = (o: object) => res.write(`data: ${JSON.stringify(o)}\n\n`);
-    const it = generateStream(s.model, r.promptIds, r.opts);
+    const echo = await echoed(r);
+    const { it, lp } = steps(r);
     let headers = false;
+    let offset = echo.text.length;
     let done = false;
     let n = 0;
     try {
@@ -128,6 +156,7 @@ export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Se
           res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...CORS });
           headers = true;
           if (r.endpoint === 'chat') send(chunkBody(r, s, id, created, '', [], null, true));
+          if (r.echo) send(chunkBody(r, s, id, created, echo.text, r.promptIds, null, false, logprobsOf(r, echo.items, r.promptIds)));
         }
         if (step.done) {
           done = true;
@@ -138,7 +167,9 @@ export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Se
         }
         n++;
         const t = step.value;
-        if (t.text || r.returnTokenIds) send(chunkBody(r, s, id, created, t.text, [t.id], null));
+        const item = lp(t.id);
+        if (t.text || r.returnTokenIds || item) send(chunkBody(r, s, id, created, t.text, [t.id], null, false, item ? logprobsOf(r, [item], [t.id], offset) : null));
+        offset += t.text.length;
       }
     } catch (e) {
       if (!headers) throw e;

@@ -46,7 +46,16 @@ export interface ApiRequest {
   stream: boolean;
   includeUsage: boolean;
   returnTokenIds: boolean;
+  /** top alternatives to report with each token's log-probability; null = no log-probabilities */
+  logprobs: number | null;
+  /** completions: the prompt comes back in front of the answer (with its log-probabilities where asked) */
+  echo: boolean;
+  /** the prompt as text, for echo */
+  promptText: string | null;
 }
+
+/** most alternatives a request may ask log-probabilities for */
+export const MAX_LOGPROBS = 20;
 
 const bad = (message: string, param: string | null = null) => new ApiError(400, message, param);
 
@@ -80,7 +89,7 @@ function refuseUnsupported(b: Body): void {
     const v = b[k];
     if (v !== undefined && v !== null && v !== 0) throw bad(`'${k}' is not supported (use repetition_penalty)`, k);
   }
-  for (const k of ['logprobs', 'top_logprobs', 'echo', 'best_of', 'suffix', 'logit_bias', 'tools', 'functions', 'response_format']) {
+  for (const k of ['best_of', 'suffix', 'logit_bias', 'tools', 'functions', 'response_format']) {
     const v = b[k];
     if (v !== undefined && v !== null && v !== false && !(k === 'best_of' && v === 1)) throw bad(`'${k}' is not supported by this server`, k);
   }
@@ -144,7 +153,16 @@ export function parseRequest(endpoint: Endpoint, body: unknown, s: Served): ApiR
   refuseUnsupported(b);
   const promptIds = endpoint === 'chat' ? chatPrompt(b, s) : completionPrompt(b, s);
   const maxTokens = optInt(b, endpoint === 'chat' && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
-  if (maxTokens !== undefined && maxTokens < 1) throw bad(`'max_tokens' must be at least 1, got ${maxTokens}`, 'max_tokens');
+  const echo = endpoint === 'completion' && optBool(b, 'echo');
+  // max_tokens 0 with echo scores the prompt alone
+  if (maxTokens !== undefined && maxTokens < (echo ? 0 : 1)) throw bad(`'max_tokens' must be at least ${echo ? 0 : 1}, got ${maxTokens}`, 'max_tokens');
+  let logprobs: number | null = null;
+  if (endpoint === 'completion') {
+    const n = optInt(b, 'logprobs');
+    if (n !== undefined) logprobs = n;
+  } else if (optBool(b, 'logprobs')) logprobs = optInt(b, 'top_logprobs') ?? 0;
+  else if (b.top_logprobs !== undefined && b.top_logprobs !== null) throw bad(`'top_logprobs' needs 'logprobs': true`, 'top_logprobs');
+  if (logprobs !== null && !(logprobs >= 0 && logprobs <= MAX_LOGPROBS)) throw bad(`log-probabilities for 0 to ${MAX_LOGPROBS} alternatives, got ${logprobs}`, endpoint === 'chat' ? 'top_logprobs' : 'logprobs');
   const stop = stopStrings(b);
   if (stop.length > 0 && !s.tokenizer) throw bad(`'stop' needs a tokenizer and the model has none`, 'stop');
   const asked: GenerateOptions = {
@@ -183,6 +201,9 @@ export function parseRequest(endpoint: Endpoint, body: unknown, s: Served): ApiR
     stream: optBool(b, 'stream'),
     includeUsage: so ? optBool(so as Body, 'include_usage') : false,
     returnTokenIds: optBool(b, 'return_token_ids') || !s.tokenizer,
+    logprobs,
+    echo,
+    promptText: typeof b.prompt === 'string' ? b.prompt : Array.isArray(b.prompt) && typeof b.prompt[0] === 'string' ? b.prompt[0] : null,
   };
 }
 
@@ -197,12 +218,12 @@ export function usage(prompt: number, completion: number) {
 
 /** the response object of a finished request */
 export function responseBody(
-  r: ApiRequest, s: Served, id: string, created: number, text: string, ids: number[], finish: FinishReason,
+  r: ApiRequest, s: Served, id: string, created: number, text: string, ids: number[], finish: FinishReason, logprobs: object | null = null,
 ): object {
   const extra = r.returnTokenIds ? { token_ids: ids } : {};
   const choice = r.endpoint === 'chat'
-    ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finishReason(finish), ...extra }
-    : { index: 0, text, logprobs: null, finish_reason: finishReason(finish), ...extra };
+    ? { index: 0, message: { role: 'assistant', content: text }, logprobs, finish_reason: finishReason(finish), ...extra }
+    : { index: 0, text, logprobs, finish_reason: finishReason(finish), ...extra };
   return {
     id, object: r.endpoint === 'chat' ? 'chat.completion' : 'text_completion', created, model: s.id,
     choices: [choice], usage: usage(r.promptIds.length, ids.length),
@@ -212,13 +233,13 @@ export function responseBody(
 
 /** one stream chunk: new text (and ids), the finish reason on the last one; `first` opens a chat message */
 export function chunkBody(
-  r: ApiRequest, s: Served, id: string, created: number, text: string, ids: number[], finish: FinishReason | null, first = false,
+  r: ApiRequest, s: Served, id: string, created: number, text: string, ids: number[], finish: FinishReason | null, first = false, logprobs: object | null = null,
 ): object {
   const extra = r.returnTokenIds ? { token_ids: ids } : {};
   const fr = finish ? finishReason(finish) : null;
   const choice = r.endpoint === 'chat'
-    ? { index: 0, delta: first ? { role: 'assistant', content: text } : text || !finish ? { content: text } : {}, logprobs: null, finish_reason: fr, ...extra }
-    : { index: 0, text, logprobs: null, finish_reason: fr, ...extra };
+    ? { index: 0, delta: first ? { role: 'assistant', content: text } : text || !finish ? { content: text } : {}, logprobs, finish_reason: fr, ...extra }
+    : { index: 0, text, logprobs, finish_reason: fr, ...extra };
   return { id, object: r.endpoint === 'chat' ? 'chat.completion.chunk' : 'text_completion', created, model: s.id, choices: [choice] };
 }
 
