@@ -136,7 +136,8 @@ export function describeGguf(parsed: GgufParsed, label: string, size: number): G
     mlpBias: infos.has('blk.0.ffn_gate.bias'),
     maxPositionEmbeddings: num(meta, k('context_length'), label),
     bosTokenId: typeof bos === 'number' ? bos : null,
-    eosTokenIds: typeof eos === 'number' ? [eos] : [],
+    // every stop id where the file lists them (our key; llama.cpp files name one eos)
+    eosTokenIds: Array.isArray(meta['gravity.eos_token_ids']) ? (meta['gravity.eos_token_ids'] as number[]).map(Number) : typeof eos === 'number' ? [eos] : [],
     attnImplementation: null,
     dtype: null,
   };

@@ -152,5 +152,6 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
     });
   }
   if (src.masses) meta.set('gravity.mass_log', { t: 'f32[]', v: src.masses.flatMap((m) => Array.from(m)) });
+  if (src.eosTokenIds.length > 1) meta.set('gravity.eos_token_ids', { t: 'i32[]', v: src.eosTokenIds });
   writeGguf(out, meta, tensors);
 }
