@@ -324,8 +324,9 @@ for (const [name, make] of engines) {
       for (let i = 0; i < 500 && ready() < 1; i++) await new Promise((r) => setTimeout(r, 10));
     }
     let seed = 900;
-    // 544 and 1056 columns cross the 512 k-block of the GEMM path; 5 and 13 rows leave tails of the 4-row tile
-    for (const [IN, OUT] of [[32, 5], [96, 13], [544, 7], [1056, 4]] as const) {
+    // 544 and 1056 columns cross the 512 k-block of the GEMM path; 5 and 13 rows leave tails of the 4-row tile;
+    // 14,368 columns are past the int16 copy of x that decode keeps in tmp (its f32 fallback)
+    for (const [IN, OUT] of [[32, 5], [96, 13], [544, 7], [1056, 4], [14368, 5]] as const) {
       const { blocks, ref } = makeQ8(OUT, IN, seed++);
       const pw = e.prepareQ8(blocks, OUT, IN);
       assert.deepEqual([pw.dtype, pw.rows, pw.cols], [name === 'js' ? 'F32' : 'Q8_0', OUT, IN]);

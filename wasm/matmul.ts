@@ -305,6 +305,43 @@ function bwdT<W>(dy: usize, N: usize, w: usize, IN: usize, OUT: usize, dx: usize
   }
 }
 
+// the Q8_0 decode kernel's int16 copy of x (2 bytes an input) and its f32 scales (one per 32) fit the thread's
+// 32 KB tmp up to this many inputs
+const Q8_MAX_IN: usize = 14336;
+
+/** 32 f32 of x at p as int16 at q (round to nearest of x * 32767 / max|x|), the block's scale max|x| / 32767 at s */
+@inline function q16Block(p: usize, q: usize, s: usize): void {
+  const v0 = v128.load(p), v1 = v128.load(p, 16), v2 = v128.load(p, 32), v3 = v128.load(p, 48);
+  const v4 = v128.load(p, 64), v5 = v128.load(p, 80), v6 = v128.load(p, 96), v7 = v128.load(p, 112);
+  let m = f32x4.max(f32x4.max(f32x4.abs(v0), f32x4.abs(v1)), f32x4.max(f32x4.abs(v2), f32x4.abs(v3)));
+  m = f32x4.max(m, f32x4.max(f32x4.max(f32x4.abs(v4), f32x4.abs(v5)), f32x4.max(f32x4.abs(v6), f32x4.abs(v7))));
+  const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  const inv = f32x4.splat(amax > 0 ? <f32>32767 / amax : 0);
+  store<f32>(s, amax / <f32>32767);
+  v128.store(q, i16x8.narrow_i32x4_s(q16(v0, inv), q16(v1, inv)));
+  v128.store(q, i16x8.narrow_i32x4_s(q16(v2, inv), q16(v3, inv)), 16);
+  v128.store(q, i16x8.narrow_i32x4_s(q16(v4, inv), q16(v5, inv)), 32);
+  v128.store(q, i16x8.narrow_i32x4_s(q16(v6, inv), q16(v7, inv)), 48);
+}
+
+@inline function q16(v: v128, inv: v128): v128 {
+  return i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v, inv)));
+}
+
+function q16Row(x: usize, IN: usize, q: usize, s: usize): void {
+  for (let k: usize = 0; k < IN; k += 32) q16Block(x + (k << 2), q + (k << 1), s + ((k >> 5) << 2));
+}
+
+/** the i32 lane sums of 32 int8 weights at wp times 32 int16 x (x0..x3): pairs multiplied and added exactly */
+@inline function q8dotI(wp: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const q0 = v128.load(wp);
+  const q1 = v128.load(wp, 16);
+  let d = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(q0), x0);
+  d = i32x4.add(d, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(q0), x1));
+  d = i32x4.add(d, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(q1), x2));
+  return i32x4.add(d, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(q1), x3));
+}
+
 /** acc + the products of 16 int8 weights (q) with 16 f32 (x0..x3), widened in registers */
 @inline function q8dot16(acc: v128, q: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
   const lo = i16x8.extend_low_i8x16_s(q);
@@ -330,36 +367,51 @@ function fwdQ8(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize,
     const yp = y + n * yrow;
     for (let o = o0; o < o1; o++) store<f32>(yp + (o << 2), bias != 0 ? load<f32>(bias + (o << 2)) : 0);
   }
-  if (N < 4) {
-    // 4 rows share each x vector; a block's 32 products are summed before its scale multiplies them once
-    let o = o0;
-    for (; o + 4 <= o1; o += 4) {
-      const w0 = w + o * IN, w1 = w0 + IN, w2 = w1 + IN, w3 = w2 + IN;
-      const s0 = sc + o * srow, s1 = s0 + srow, s2 = s1 + srow, s3 = s2 + srow;
-      for (let n: usize = 0; n < N; n++) {
-        const xa = x + n * xrow;
+  if (N < 4 && IN <= Q8_MAX_IN) {
+    // decode: x row n as int16 per 32-block (scale = the block's max |x| / 32767) in tmp, then integer dot products
+    // of the int8 weights with it (i32x4.dot_i16x8_s: exact in i32), 4 rows sharing each x vector; a block's
+    // integer sum times (weight scale * x scale) in f32
+    const xq = tmp;
+    const xs = tmp + (IN << 1);
+    for (let n: usize = 0; n < N; n++) {
+      q16Row(x + n * xrow, IN, xq, xs);
+      let o = o0;
+      for (; o + 4 <= o1; o += 4) {
+        const w0 = w + o * IN, w1 = w0 + IN, w2 = w1 + IN, w3 = w2 + IN;
+        const s0 = sc + o * srow, s1 = s0 + srow, s2 = s1 + srow, s3 = s2 + srow;
         let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
         for (let k: usize = 0; k < IN; k += 32) {
-          let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-          for (let h: usize = 0; h < 32; h += 16) {
-            const xp = xa + ((k + h) << 2);
-            const xv0 = v128.load(xp), xv1 = v128.load(xp, 16), xv2 = v128.load(xp, 32), xv3 = v128.load(xp, 48);
-            b0 = q8dot16(b0, v128.load(w0 + k + h), xv0, xv1, xv2, xv3);
-            b1 = q8dot16(b1, v128.load(w1 + k + h), xv0, xv1, xv2, xv3);
-            b2 = q8dot16(b2, v128.load(w2 + k + h), xv0, xv1, xv2, xv3);
-            b3 = q8dot16(b3, v128.load(w3 + k + h), xv0, xv1, xv2, xv3);
-          }
+          const xp = xq + (k << 1);
+          const x0 = v128.load(xp), x1 = v128.load(xp, 16), x2 = v128.load(xp, 32), x3 = v128.load(xp, 48);
           const kb = (k >> 5) << 2;
-          a0 = f32x4.add(a0, f32x4.mul(b0, v128.load_splat<f32>(s0 + kb)));
-          a1 = f32x4.add(a1, f32x4.mul(b1, v128.load_splat<f32>(s1 + kb)));
-          a2 = f32x4.add(a2, f32x4.mul(b2, v128.load_splat<f32>(s2 + kb)));
-          a3 = f32x4.add(a3, f32x4.mul(b3, v128.load_splat<f32>(s3 + kb)));
+          const sx = load<f32>(xs + kb);
+          a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(q8dotI(w0 + k, x0, x1, x2, x3)), f32x4.splat(load<f32>(s0 + kb) * sx)));
+          a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(q8dotI(w1 + k, x0, x1, x2, x3)), f32x4.splat(load<f32>(s1 + kb) * sx)));
+          a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(q8dotI(w2 + k, x0, x1, x2, x3)), f32x4.splat(load<f32>(s2 + kb) * sx)));
+          a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(q8dotI(w3 + k, x0, x1, x2, x3)), f32x4.splat(load<f32>(s3 + kb) * sx)));
         }
         const ya = y + n * yrow + (o << 2);
         v128.store(ya, f32x4.add(v128.load(ya), hsum4(a0, a1, a2, a3)));
       }
+      for (; o < o1; o++) {
+        const wr = w + o * IN;
+        const sr = sc + o * srow;
+        let a0 = f32x4.splat(0);
+        for (let k: usize = 0; k < IN; k += 32) {
+          const xp = xq + (k << 1);
+          const kb = (k >> 5) << 2;
+          const d = q8dotI(wr + k, v128.load(xp), v128.load(xp, 16), v128.load(xp, 32), v128.load(xp, 48));
+          a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.splat(load<f32>(sr + kb) * load<f32>(xs + kb))));
+        }
+        const ya = y + n * yrow + (o << 2);
+        store<f32>(ya, load<f32>(ya) + hsum(a0));
+      }
     }
-    for (; o < o1; o++) {
+    return;
+  }
+  if (N < 4) {
+    // rows too long for the int16 copy of x in tmp: widen the weights in registers, f32 products
+    for (let o = o0; o < o1; o++) {
       const wr = w + o * IN;
       const sr = sc + o * srow;
       for (let n: usize = 0; n < N; n++) {

@@ -34,11 +34,13 @@ export const CTL = {
   SIZE: 19,
 } as const;
 
-/** Each thread's 8 KB buffer (4 x 512 f32) where the GEMM kernel widens 16-bit weight tiles: thread 0 is
- * the main thread. Lies in [64 KB, 192 KB) of every arena, below the activation scratch. */
+/** Each thread's buffer where the GEMM kernel widens 16-bit weight tiles (4 x 512 f32) and the Q8_0 decode
+ * kernel keeps x as int16 (up to 14,336 inputs): thread 0 is the main thread. Lies in [64 KB, 64 KB + 16 x 32 KB) of
+ * every arena, below the activation scratch. */
 export const MAX_THREADS = 16;
+export const TMP_BYTES = 32768;
 export function tmpOf(thread: number): number {
-  return 65536 + thread * 8192;
+  return 65536 + thread * TMP_BYTES;
 }
 
 /** Busy-poll this many times before sleeping: a decode step issues ~170 matmuls back to back and the

@@ -12,7 +12,7 @@ import { fail } from '../../errors.js';
 import { nodeBuiltin } from '../../util/builtin.js';
 import { f16Table, type HostTensor } from '../../tensor/dtype.js';
 import { MATMUL_WASM_BASE64 } from './wasm-binary.js';
-import { ThreadPool, CTL, MAX_THREADS, tmpOf } from './matmul-worker.js';
+import { ThreadPool, CTL, MAX_THREADS, TMP_BYTES, tmpOf } from './matmul-worker.js';
 
 export interface PreparedWeight {
   /** Q8_0: GGUF's 8-bit blocks (forward only), see prepareQ8 */
@@ -111,7 +111,7 @@ function checkCall(a: Float32Array, N: number, aCols: number, out: Float32Array 
 const PAGE = 65536;
 // low 64 KB left to the module (it has no data today, but stays out of harm's way), then the threads' 8 KB
 // tile buffers (tmpOf), then the activation scratch and the weights
-const RESERVED = PAGE + MAX_THREADS * 8192;
+const RESERVED = PAGE + MAX_THREADS * TMP_BYTES;
 const SCRATCH = 32 << 20; // activations of one call (chunked over N when larger)
 const ARENA_MAX_PAGES = 49152; // 3 GiB
 const ARENA_MAX = ARENA_MAX_PAGES * PAGE;
