@@ -353,10 +353,10 @@ function q16Row(x: usize, IN: usize, q: usize, s: usize): void {
 }
 
 /**
- * y = bias + x · wᵀ for Q8_0 weights, rows [o0, o1). Decode (N < 4): 4 rows at a time, each block's int8
- * widened in registers and dotted with x, the block's sum times its scale; whole rows streamed (half the bytes of
- * bf16). GEMM: 4-row tiles of KB columns widened (q * scale) into tmp once and multiplied by all N rows with
- * rows4<f32>, as the 16-bit path does.
+ * y = bias + x · wᵀ for Q8_0 weights, rows [o0, o1). Decode (N < 4): x as int16 per 32-block, integer dot
+ * products with the int8 weights (exact in i32), 4 rows at a time, whole rows streamed (a bit over half the bytes of
+ * bf16); past Q8_MAX_IN inputs the weights are widened to f32 in registers instead. GEMM: 4-row tiles of KB columns
+ * widened (q * scale) into tmp once and multiplied by all N rows with rows4<f32>, as the 16-bit path does.
  */
 function fwdQ8(x: usize, N: usize, w: usize, IN: usize, OUT: usize, bias: usize, y: usize, o0: usize, o1: usize, tmp: usize): void {
   const xrow = IN << 2;
