@@ -382,3 +382,25 @@ test('CLI: export, then inspect, generate and train (LoRA + masses) take the .gg
     b.dispose();
   }
 });
+
+test('--q8 quantizes a folder\'s linears to Q8_0 on load: the kernels give the f32-widened quantized model, near the exact one', async () => {
+  const { createCpuBackend } = await import('../src/backend/cpu/index.js');
+  const exact = await loadModel('models/gravity-mini');
+  const q8 = await loadModel('models/gravity-mini', { q8: true });
+  const widened = await loadModel('models/gravity-mini', { q8: true, backend: createCpuBackend({ matmul: 'js' }) }); // Q8_0 widened to f32
+  try {
+    for (const n of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
+      assert.equal((q8.weights.layers[2][n] as unknown as { prepared: { dtype: string } }).prepared.dtype, 'Q8_0', n);
+    }
+    const ids = [[506, 10, 20, 30, 40, 50, 60, 70]];
+    const run = async (m: typeof exact) => m.forward(m.newSession(1, ids[0].length), ids, { logits: 'all' });
+    const [a, b, c] = [await run(exact), await run(q8), await run(widened)];
+    assert.ok(relErr(b, c) <= 1e-5, `q8 kernels vs the widened quantized model: ${relErr(b, c).toExponential(2)}`);
+    const e = relErr(b, a);
+    assert.ok(e > 1e-5 && e < 3e-2, `q8 vs exact: ${e.toExponential(2)}`);
+  } finally {
+    exact.dispose();
+    q8.dispose();
+    widened.dispose();
+  }
+});

@@ -18,6 +18,7 @@ export const MODEL_OPTIONS = {
   adapter: { type: 'string' },
   device: { type: 'string' },
   'int8-prefill': { type: 'boolean' },
+  q8: { type: 'boolean' },
 } as const;
 
 export const MODEL_USAGE = `  --model DIR            model folder (config.json, *.safetensors, masses, tokenizer);
@@ -28,6 +29,8 @@ export const MODEL_USAGE = `  --model DIR            model folder (config.json, 
   --eps E                gravity softening epsilon (default 0.1)
   --adapter DIR          PEFT LoRA adapter folder applied on load
   --device cpu|webgpu|auto   compute device (default cpu)
+  --q8                   CPU: quantize the linear weights to Q8_0 on load (llama.cpp's rounding; a GGUF's Q8_0
+                         weights stay so anyway): ~1.5x faster decode, half the weight memory, logits ~1e-2 off
   --int8-prefill         WebGPU: prompt (prefill) linears in int8 (int8 tensor cores where the GPU exposes
                          them): ~2x faster long prompts on an H200, logits ~1e-2 relative off; decode stays exact;
                          keeps an int8 copy of each linear weight (+50% weight memory for bf16 models)`;
@@ -78,6 +81,7 @@ export function loadOptions(v: Values): LoadOptions {
     adapter: str(v, 'adapter'),
     device: parseDevice(str(v, 'device')),
     int8Prefill: v['int8-prefill'] === true,
+    q8: v.q8 === true,
   };
 }
 

@@ -17,7 +17,8 @@ import { openModelSource } from '../io/model-source.js';
 import { findMassesFile, loadMasses } from '../io/masses.js';
 import { Qwen2Model, uploadWeights } from './qwen2.js';
 import type { CausalLM } from './types.js';
-import type { HostTensor } from '../tensor/dtype.js';
+import { toF32, type HostTensor } from '../tensor/dtype.js';
+import { quantizeQ8_0 } from '../io/gguf-quants.js';
 
 export { createBackend, type DeviceName } from '../backend/create.js';
 
@@ -43,6 +44,8 @@ export interface LoadOptions {
   onProgress?: (done: number, total: number, what: string) => void;
   /** GGUF Q8_0 linear weights kept at 8 bits where the backend can (default true; false: widened to BF16) */
   keepQ8?: boolean;
+  /** quantize every linear weight to Q8_0 on load where the backend keeps Q8_0 (the CPU); rows must be whole blocks */
+  q8?: boolean;
 }
 
 export interface LoadedModel extends CausalLM {
@@ -133,11 +136,21 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     const blocks = w.readQ8!(name);
     return blocks ? { blocks, shape: w.info(name).shape as [number, number] } : null;
   } : undefined;
+  if (opts.q8 && !be.uploadQ8) fail(`--q8 keeps Q8_0 weights on the CPU backend; ${be.name} has no Q8_0 kernels`);
+  // --q8: any linear whose rows are whole blocks, quantized after the adapter (if any) is folded in
+  const toQ8 = opts.q8 ? (name: string) => {
+    const kept = keepQ8?.(name);
+    if (kept) return kept;
+    const shape = w.info(name).shape as [number, number];
+    if (shape.length !== 2 || shape[1] % 32 !== 0) return null;
+    const t = transform ? transform(name, w.read(name)) : w.read(name);
+    return { blocks: quantizeQ8_0(toF32(t)), shape };
+  } : keepQ8;
   const weights = uploadWeights(
     be, cfg,
     (name) => (transform ? transform(name, w.read(name)) : w.read(name)),
     (name) => opts.onProgress?.(++done, names.length, name),
-    keepQ8,
+    toQ8,
   );
   files.weights.close();
   const model = new Qwen2Model(cfg, be, weights, massLog);
