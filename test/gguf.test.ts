@@ -398,6 +398,7 @@ test('--q8 quantizes a folder\'s linears to Q8_0 on load: the kernels give the f
     assert.ok(relErr(b, c) <= 1e-5, `q8 kernels vs the widened quantized model: ${relErr(b, c).toExponential(2)}`);
     const e = relErr(b, a);
     assert.ok(e > 1e-5 && e < 3e-2, `q8 vs exact: ${e.toExponential(2)}`);
+    await assert.rejects(loadModel('models/gravity-mini', { q8: true, device: 'webgpu' }), /--q8 keeps Q8_0 weights on the CPU backend only \(--device cpu\); webgpu has no Q8_0 kernels/);
   } finally {
     exact.dispose();
     q8.dispose();

@@ -124,6 +124,10 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     return fail(`${files.dir}: ${files.gguf ? 'no gravity masses in the file (key gravity.mass_log)' : 'no gravity_mass_log.pt or gravity_mass_log.safetensors'}; pass --masses FILE, or --mass-init raw:0.5 / mass:0.5 to run gravity with untrained masses, or --attn dot`);
   } else massLog = [];
 
+  if (opts.q8 && (opts.backend ? !opts.backend.uploadQ8 : (opts.device ?? 'cpu') !== 'cpu')) {
+    files.weights.close();
+    fail(`--q8 keeps Q8_0 weights on the CPU backend only (--device cpu); ${opts.backend?.name ?? opts.device} has no Q8_0 kernels`);
+  }
   const transform = opts.adapter ? await adapterTransformFor(opts.adapter, cfg.numLayers) : null;
 
   const be = opts.backend ?? (await createBackend(opts.device ?? 'cpu', { int8Prefill: opts.int8Prefill }));
@@ -136,7 +140,6 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     const blocks = w.readQ8!(name);
     return blocks ? { blocks, shape: w.info(name).shape as [number, number] } : null;
   } : undefined;
-  if (opts.q8 && !be.uploadQ8) fail(`--q8 keeps Q8_0 weights on the CPU backend; ${be.name} has no Q8_0 kernels`);
   // --q8: any linear whose rows are whole blocks, quantized after the adapter (if any) is folded in
   const toQ8 = opts.q8 ? (name: string) => {
     const kept = keepQ8?.(name);
