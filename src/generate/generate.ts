@@ -32,7 +32,10 @@ export interface GenerateOptions extends SamplingOptions {
    * device (the model's greedyStream / sampleStream)
    */
   noDeviceGreedy?: boolean;
-  /** each step's logits [vocab] before the draw (read to the host every step, so no device-side decoding) */
+  /**
+   * each step's logits [vocab] before the draw (read to the host every step, so no device-side decoding); every step
+   * has its own array, which generate does not modify, so the callback may keep it
+   */
   onLogits?: (logits: Float32Array) => void;
   /** called for every generated token (the callback form of generateStream) */
   onToken?: (t: GeneratedToken) => void;

@@ -9,7 +9,9 @@ import type { ModelConfig } from '../model/config.js';
 import { fromF32, numel, type DType, type HostTensor } from '../tensor/dtype.js';
 import { BLOCK, GGML, dequantize } from './gguf-quants.js';
 import { tokenizerFromGguf } from './gguf-tokenizer.js';
-import type { ModelDefaults } from './model-files.js';
+import { expectedWeightShapes, type ModelDefaults } from './model-files.js';
+import { ATTENTION_KINDS } from '../attention/registry.js';
+import type { AttentionKind } from '../backend/backend.js';
 
 /** Hugging Face tensor name -> GGUF tensor name (llama.cpp's names for qwen2 / llama) */
 export function ggufName(hf: string): string | null {
@@ -86,7 +88,6 @@ export interface GgufModel {
   tensors: Map<string, GgufEntry>;
   masses: Float32Array[] | null;
   defaults: ModelDefaults;
-  eosTokenIds: number[];
   tokenizerJson: object | null;
   tokenizerConfig: object | null;
 }
@@ -143,7 +144,8 @@ export function describeGguf(parsed: GgufParsed, label: string, size: number): G
   };
   if (Array.isArray(tokens) && tokens.length > config.vocabSize) fail(`${label}: ${tokens.length} tokens for an embedding of ${config.vocabSize} rows`);
   const dataStart = Number(parsed.tensorDataOffset);
-  const hfByGguf = new Map(hfNames(config).map((n) => [ggufName(n)!, n]));
+  // the HF names this config needs (its biases and tied head read off the file's tensors above), by GGUF name
+  const hfByGguf = new Map([...expectedWeightShapes(config).keys()].map((n) => [ggufName(n)!, n]));
   // HF name -> tensor info; every tensor's bytes must lie inside the file
   const byHf = new Map<string, GgufEntry>();
   for (const t of parsed.tensorInfos) {
@@ -169,11 +171,11 @@ export function describeGguf(parsed: GgufParsed, label: string, size: number): G
   }
   const defaults: ModelDefaults = {};
   const att = meta['gravity.attention'];
-  if (att === 'gravity' || att === 'dot' || att === 'gravity-pure') defaults.attention = att;
+  if ((ATTENTION_KINDS as readonly unknown[]).includes(att)) defaults.attention = att as AttentionKind;
   const eps = meta['gravity.eps'];
   if (typeof eps === 'number' && eps > 0) defaults.eps = eps;
   const tok = meta['gravity.placeholder_vocab'] === true ? null : tokenizerFromGguf(meta, label);
-  return { label, config, tensors: byHf, masses, defaults, eosTokenIds: config.eosTokenIds, tokenizerJson: tok?.json ?? null, tokenizerConfig: tok?.config ?? null };
+  return { label, config, tensors: byHf, masses, defaults, tokenizerJson: tok?.json ?? null, tokenizerConfig: tok?.config ?? null };
 }
 
 /** the dtype a tensor has once read: as stored, or BF16 for the block formats */
@@ -203,11 +205,4 @@ export function decodeTensor(m: GgufModel, hf: string, b: Uint8Array): HostTenso
   return heads ? permuteTensor(t, heads, true) : t;
 }
 
-/** every HF tensor name a config can have (weights and biases) */
-function hfNames(cfg: ModelConfig): string[] {
-  const out = ['model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight'];
-  const parts = ['input_layernorm', 'post_attention_layernorm', 'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
-  for (let l = 0; l < cfg.numLayers; l++) for (const p of parts) for (const s of ['weight', 'bias']) out.push(`model.layers.${l}.${p}.${s}`);
-  return out;
-}
 

@@ -115,39 +115,30 @@ function q3_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
   }
 }
 
-function q4_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
-  const d = half(b, o);
-  const dmin = half(b, o + 2);
-  const s = o + 4;
-  let q = o + 16;
-  for (let j = 0; j < 8; j += 2) {
-    const [sc1, m1] = scaleMin(b, s, j);
-    const [sc2, m2] = scaleMin(b, s, j + 1);
-    for (let l = 0; l < 32; l++) {
-      y[at + l] = d * sc1 * (b[q + l] & 0xf) - dmin * m1;
-      y[at + 32 + l] = d * sc2 * (b[q + l] >> 4) - dmin * m2;
+/**
+ * Q4_K and Q5_K: d, dmin, 12 bytes of 6-bit scales and mins, (Q5_K: 32 bytes of high bits), 128 bytes of low
+ * nibbles; each 64 values are two sub-blocks of 32 (low, then high nibbles), x = d * scale * q - dmin * min.
+ */
+function kQuant(five: boolean): (b: Uint8Array, o: number, y: Float32Array, at: number) => void {
+  return (b, o, y, at) => {
+    const d = half(b, o);
+    const dmin = half(b, o + 2);
+    const s = o + 4;
+    const qh = o + 16;
+    let ql = o + (five ? 48 : 16);
+    for (let j = 0, u = 1; j < 8; j += 2, u <<= 2) {
+      const [sc1, m1] = scaleMin(b, s, j);
+      const [sc2, m2] = scaleMin(b, s, j + 1);
+      for (let l = 0; l < 32; l++) {
+        const h1 = five && b[qh + l] & u ? 16 : 0;
+        const h2 = five && b[qh + l] & (u << 1) ? 16 : 0;
+        y[at + l] = d * sc1 * ((b[ql + l] & 0xf) + h1) - dmin * m1;
+        y[at + 32 + l] = d * sc2 * ((b[ql + l] >> 4) + h2) - dmin * m2;
+      }
+      ql += 32;
+      at += 64;
     }
-    q += 32;
-    at += 64;
-  }
-}
-
-function q5_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
-  const d = half(b, o);
-  const dmin = half(b, o + 2);
-  const s = o + 4;
-  const qh = o + 16;
-  let ql = o + 48;
-  for (let j = 0, u = 1; j < 8; j += 2, u <<= 2) {
-    const [sc1, m1] = scaleMin(b, s, j);
-    const [sc2, m2] = scaleMin(b, s, j + 1);
-    for (let l = 0; l < 32; l++) {
-      y[at + l] = d * sc1 * ((b[ql + l] & 0xf) + (b[qh + l] & u ? 16 : 0)) - dmin * m1;
-      y[at + 32 + l] = d * sc2 * ((b[ql + l] >> 4) + (b[qh + l] & (u << 1) ? 16 : 0)) - dmin * m2;
-    }
-    ql += 32;
-    at += 64;
-  }
+  };
 }
 
 function q6_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
@@ -173,7 +164,7 @@ function q6_k(b: Uint8Array, o: number, y: Float32Array, at: number): void {
 }
 
 const BLOCK_FN: Record<number, (b: Uint8Array, o: number, y: Float32Array, at: number) => void> = {
-  [GGML.Q4_0]: q4_0, [GGML.Q4_1]: q4_1, [GGML.Q5_0]: q5_0, [GGML.Q8_0]: q8_0, [GGML.Q2_K]: q2_k, [GGML.Q3_K]: q3_k, [GGML.Q4_K]: q4_k, [GGML.Q5_K]: q5_k, [GGML.Q6_K]: q6_k,
+  [GGML.Q4_0]: q4_0, [GGML.Q4_1]: q4_1, [GGML.Q5_0]: q5_0, [GGML.Q8_0]: q8_0, [GGML.Q2_K]: q2_k, [GGML.Q3_K]: q3_k, [GGML.Q4_K]: kQuant(false), [GGML.Q5_K]: kQuant(true), [GGML.Q6_K]: q6_k,
 };
 
 /** the n values of a quantized tensor's bytes (n a multiple of the block size; the caller checks the byte count) */

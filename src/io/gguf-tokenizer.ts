@@ -43,7 +43,7 @@ function splitRegex(pre: Json | null): string | null {
  * tokenizer's are written as unused "[PAD<id>]", as llama.cpp does). Only byte-level BPE tokenizers whose
  * pre-tokenizer is one llama.cpp names can be written.
  */
-export function tokenizerToGguf(tj: Json, tc: Json | null, vocabSize: number, eosIds: number[], bosId: number | null): Map<string, GgufValue> {
+export function tokenizerToGguf(tj: Json, tc: Json | null, vocabSize: number): Map<string, GgufValue> {
   const model = tj.model ?? {};
   if (model.type !== 'BPE' || tj.decoder?.type !== 'ByteLevel') fail(`tokenizer.json: only byte-level BPE tokenizers can go into a GGUF file (this one is ${model.type ?? 'unknown'} with a ${tj.decoder?.type ?? 'missing'} decoder)`);
   const regex = splitRegex(tj.pre_tokenizer);
@@ -67,8 +67,6 @@ export function tokenizerToGguf(tj: Json, tc: Json | null, vocabSize: number, eo
     ['tokenizer.ggml.merges', { t: 'str[]', v: merges }],
     ['tokenizer.ggml.add_bos_token', { t: 'bool', v: tc?.add_bos_token === true }],
   ]);
-  if (eosIds.length) meta.set('tokenizer.ggml.eos_token_id', { t: 'u32', v: eosIds[0] });
-  if (bosId !== null) meta.set('tokenizer.ggml.bos_token_id', { t: 'u32', v: bosId });
   const pad = typeof tc?.pad_token === 'string' ? tokens.indexOf(tc.pad_token) : -1;
   if (pad >= 0) meta.set('tokenizer.ggml.padding_token_id', { t: 'u32', v: pad });
   if (typeof tc?.chat_template === 'string') meta.set('tokenizer.chat_template', { t: 'str', v: tc.chat_template });

@@ -18,7 +18,7 @@ import { fromF32, toF32, type DType } from '../tensor/dtype.js';
 import { BLOCK, GGML, quantizeQ8_0 } from './gguf-quants.js';
 import { tokenizerToGguf } from './gguf-tokenizer.js';
 import { writeGguf, type GgufTensorOut, type GgufValue } from './gguf-write.js';
-import { decodeTensor, describeGguf, entryDtype, ggufName, permuteTensor, permutedHeads, q8Rows, type GgufParsed } from './gguf-model.js';
+import { decodeTensor, describeGguf, entryDtype, ggufName, permuteTensor, permutedHeads, q8Rows, type GgufEntry, type GgufParsed } from './gguf-model.js';
 import { readFully } from './safetensors.js';
 import type { WeightStore } from './safetensors-header.js';
 import type { ModelConfig } from '../model/config.js';
@@ -55,6 +55,11 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
   const m = describeGguf(parsed, label, size);
   const fd = fs.openSync(file, 'r');
   const entry = (n: string) => m.tensors.get(n) ?? fail(`${label}: no tensor ${ggufName(n) ?? n} (for ${n})`);
+  const bytes = (e: GgufEntry) => {
+    const b = new Uint8Array(e.bytes);
+    readFully(fd, b, e.offset, label);
+    return b;
+  };
   const weights: WeightStore = {
     dir: file,
     label,
@@ -65,22 +70,14 @@ export async function openGgufModel(file: string): Promise<GgufModelFiles> {
       const blk = BLOCK[e.type];
       return { dtype: entryDtype(e), shape: e.shape, file, ...(blk.n > 1 ? { stored: blk.name } : {}) };
     },
-    read: (n) => {
-      const e = entry(n);
-      const b = new Uint8Array(e.bytes);
-      readFully(fd, b, e.offset, label);
-      return decodeTensor(m, n, b);
-    },
+    read: (n) => decodeTensor(m, n, bytes(entry(n))),
     readQ8: (n) => {
       const e = entry(n);
-      if (e.type !== GGML.Q8_0 || e.shape.length !== 2) return null;
-      const b = new Uint8Array(e.bytes);
-      readFully(fd, b, e.offset, label);
-      return q8Rows(m, n, b);
+      return e.type === GGML.Q8_0 && e.shape.length === 2 ? q8Rows(m, n, bytes(e)) : null;
     },
     close: () => fs.closeSync(fd),
   };
-  return { config: m.config, weights, masses: m.masses, defaults: m.defaults, eosTokenIds: m.eosTokenIds, tokenizerJson: m.tokenizerJson, tokenizerConfig: m.tokenizerConfig };
+  return { config: m.config, weights, masses: m.masses, defaults: m.defaults, eosTokenIds: m.config.eosTokenIds, tokenizerJson: m.tokenizerJson, tokenizerConfig: m.tokenizerConfig };
 }
 
 export type ExportType = 'keep' | 'f32' | 'f16' | 'bf16' | 'q8_0';
@@ -113,7 +110,7 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
   if (src.defaults.attention) meta.set('gravity.attention', { t: 'str', v: src.defaults.attention });
   if (src.defaults.eps) meta.set('gravity.eps', { t: 'f32', v: src.defaults.eps });
   if (src.tokenizerJson) {
-    for (const [key, v] of tokenizerToGguf(src.tokenizerJson, src.tokenizerConfig, c.vocabSize, src.eosTokenIds, c.bosTokenId)) meta.set(key, v);
+    for (const [key, v] of tokenizerToGguf(src.tokenizerJson, src.tokenizerConfig, c.vocabSize)) meta.set(key, v);
   } else {
     // llama.cpp sizes the embedding by the vocabulary, so a model without a tokenizer gets placeholder tokens (one per
     // id, no merges), marked so that reading the file back gives no tokenizer
@@ -123,9 +120,9 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
     meta.set('tokenizer.ggml.token_type', { t: 'i32[]', v: new Array(c.vocabSize).fill(1) });
     meta.set('tokenizer.ggml.merges', { t: 'str[]', v: [] });
     meta.set('gravity.placeholder_vocab', { t: 'bool', v: true });
-    if (src.eosTokenIds.length) meta.set('tokenizer.ggml.eos_token_id', { t: 'u32', v: src.eosTokenIds[0] });
-    if (c.bosTokenId !== null) meta.set('tokenizer.ggml.bos_token_id', { t: 'u32', v: c.bosTokenId });
   }
+  if (src.eosTokenIds.length) meta.set('tokenizer.ggml.eos_token_id', { t: 'u32', v: src.eosTokenIds[0] });
+  if (c.bosTokenId !== null) meta.set('tokenizer.ggml.bos_token_id', { t: 'u32', v: c.bosTokenId });
   const tensors: GgufTensorOut[] = [];
   for (const hf of src.weights.names()) {
     const name = ggufName(hf);
@@ -134,8 +131,8 @@ export function exportGguf(src: ExportSource, out: string, type: ExportType = 'k
     const matrix = info.shape.length === 2;
     let want = !matrix ? 'F32' : type === 'keep' ? info.dtype : type.toUpperCase();
     if (want === 'Q8_0' && info.shape[1] % 32 !== 0) want = 'F16'; // rows that are not whole blocks, as llama.cpp falls back
-    const ggType = want === 'F16' ? GGML.F16 : want === 'BF16' ? GGML.BF16 : want === 'Q8_0' ? GGML.Q8_0 : GGML.F32;
     if (!['F32', 'F16', 'BF16', 'Q8_0'].includes(want)) fail(`export: ${hf} is ${info.dtype}, which GGUF export does not take`);
+    const ggType = GGML[want as 'F32' | 'F16' | 'BF16' | 'Q8_0'];
     tensors.push({
       name,
       shape: info.shape,

@@ -136,6 +136,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   // GGUF Q8_0 linears stay 8-bit on a backend that keeps them (exactly the file's values; a LoRA adapter, folded in
   // f32, needs them widened)
   const w = files.weights;
+  const read = (name: string) => (transform ? transform(name, w.read(name)) : w.read(name));
   const keepQ8 = !transform && opts.keepQ8 !== false && w.readQ8 ? (name: string) => {
     const blocks = w.readQ8!(name);
     return blocks ? { blocks, shape: w.info(name).shape as [number, number] } : null;
@@ -146,12 +147,10 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     if (kept) return kept;
     const shape = w.info(name).shape as [number, number];
     if (shape.length !== 2 || shape[1] % 32 !== 0) return null;
-    const t = transform ? transform(name, w.read(name)) : w.read(name);
-    return { blocks: quantizeQ8_0(toF32(t)), shape };
+    return { blocks: quantizeQ8_0(toF32(read(name))), shape };
   } : keepQ8;
   const weights = uploadWeights(
-    be, cfg,
-    (name) => (transform ? transform(name, w.read(name)) : w.read(name)),
+    be, cfg, read,
     (name) => opts.onProgress?.(++done, names.length, name),
     toQ8,
   );

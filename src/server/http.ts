@@ -97,7 +97,7 @@ export function createApiServer(s: Served, opts: ApiServerOptions = {}): http.Se
   function steps(r: ApiRequest): { it: AsyncGenerator<GeneratedToken, GenerateResult, void>; lp: (id: number) => TokenLogprob | null } {
     if (r.logprobs === null) return { it: generateStream(s.model, r.promptIds, r.opts), lp: () => null };
     let last: Float32Array | null = null;
-    const it = generateStream(s.model, r.promptIds, { ...r.opts, onLogits: (row) => (last = row.slice()) });
+    const it = generateStream(s.model, r.promptIds, { ...r.opts, onLogits: (row) => (last = row) });
     return { it, lp: (id) => pickLogprob(last!, id, r.logprobs!) };
   }
 

@@ -261,6 +261,7 @@ export async function loadGgufFrom(url: string, opts: WebLoadOptions & { fetch?:
     if (e.type !== GGML.Q8_0 || e.shape.length !== 2) return null;
     return { blocks: q8Rows(m, n, await file.read(e.offset, e.offset + e.bytes)), shape: e.shape as [number, number] };
   };
-  const extra = { tokenizer, eosTokenIds: m.eosTokenIds, generation: { eosTokenIds: m.eosTokenIds } };
+  const eosTokenIds = cfg.eosTokenIds;
+  const extra = { tokenizer, eosTokenIds, generation: { eosTokenIds } };
   return assemble(cfg, read, massLog, attention, opts.eps ?? m.defaults.eps ?? DEFAULT_EPS, extra, opts, readQ8);
 }
