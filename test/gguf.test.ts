@@ -405,3 +405,38 @@ test('--q8 quantizes a folder\'s linears to Q8_0 on load: the kernels give the f
     widened.dispose();
   }
 });
+
+test('GGUF refusals named: big-endian, RoPE scaling, a missing key, masses of the wrong size, vocabularies and tokenizers it cannot carry, a masses file that is not there, an export type it cannot write', async () => {
+  const { gguf } = await import('@huggingface/gguf');
+  const { describeGguf } = await import('../src/io/gguf-model.js');
+  const { tokenizerFromGguf, tokenizerToGguf } = await import('../src/io/gguf-tokenizer.js');
+  const file = join(tmp, 'refusals.gguf');
+  exportFolder(join(FIXTURES, 'qwen2-gqa-f32'), file);
+  const parsed = await gguf(file, { allowLocalFile: true });
+  const size = fs.statSync(file).size;
+  const withMeta = (change: Record<string, unknown>, extra: object = {}) =>
+    ({ ...parsed, ...extra, metadata: { ...parsed.metadata, ...change } }) as never;
+  assert.doesNotThrow(() => describeGguf(withMeta({}), 'f.gguf', size));
+  assert.throws(() => describeGguf(withMeta({}, { littleEndian: false }), 'f.gguf', size), /f\.gguf: a big-endian GGUF file; only little-endian files are read/);
+  assert.throws(() => describeGguf(withMeta({ 'qwen2.rope.scaling.type': 'yarn' }), 'f.gguf', size), /f\.gguf: RoPE scaling 'yarn' is not supported/);
+  assert.throws(() => describeGguf(withMeta({ 'qwen2.block_count': undefined }), 'f.gguf', size), /f\.gguf: metadata key qwen2\.block_count is missing/);
+  assert.throws(() => describeGguf(withMeta({ 'qwen2.feed_forward_length': 'wide' }), 'f.gguf', size), /f\.gguf: metadata key qwen2\.feed_forward_length is "wide", not a number/);
+  assert.throws(() => describeGguf(withMeta({ 'gravity.mass_log': [0.5, 0.5] }), 'f.gguf', size), /f\.gguf: gravity\.mass_log must hold \d+ layers x \d+ heads = \d+ numbers, found 2/);
+  // vocabularies
+  const vocab = { 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.merges': [] };
+  assert.throws(() => tokenizerFromGguf({ ...vocab, 'tokenizer.ggml.model': 'llama' }, 'v.gguf'), /v\.gguf: tokenizer\.ggml\.model is 'llama'; only byte-level BPE \('gpt2'\) vocabularies are read/);
+  assert.throws(() => tokenizerFromGguf({ 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.merges': [] }, 'v.gguf'), /v\.gguf: tokenizer\.ggml\.tokens is missing or not a list of strings/);
+  assert.throws(() => tokenizerFromGguf({ ...vocab, 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': 'deepseek-coder' }, 'v.gguf'), /v\.gguf: tokenizer\.ggml\.pre 'deepseek-coder' is not a pre-tokenizer we know/);
+  assert.throws(() => tokenizerFromGguf({ ...vocab, 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.token_type': [1] }, 'v.gguf'), /v\.gguf: tokenizer\.ggml\.token_type does not have one entry per token/);
+  const mini = JSON.parse(fs.readFileSync('models/gravity-mini/tokenizer.json', 'utf8'));
+  assert.throws(() => tokenizerToGguf({ ...mini, model: { ...mini.model, type: 'Unigram' } }, null, 600), /tokenizer\.json: only byte-level BPE tokenizers can go into a GGUF file \(this one is Unigram with a ByteLevel decoder\)/);
+  const otherSplit = { ...mini, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: '\\s+' } }] } };
+  assert.throws(() => tokenizerToGguf(otherSplit, null, 600), /tokenizer\.json: its pre-tokenizer \(\\s\+\) is not one llama\.cpp names/);
+  // a masses file named but missing, before the GGUF is opened
+  await assert.rejects(loadModel(file, { masses: join(tmp, 'none.pt') }), /none\.pt: masses file does not exist/);
+  // export: an unknown --type
+  const { spawnSync } = await import('node:child_process');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'export', '--out', join(tmp, 'x.gguf'), '--type', 'q4_k'], { encoding: 'utf8' });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /--type 'q4_k': expected keep, f32, f16, bf16, q8_0/);
+});
